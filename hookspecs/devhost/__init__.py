@@ -1,0 +1,1 @@
+"""A development host for SmartPush plugins: SQLModel storage, crypto, scheduler and the smartpush CLI."""

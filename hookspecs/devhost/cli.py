@@ -1,0 +1,329 @@
+"""The ``smartpush`` command line of the development host.
+
+Every hook is called with keyword arguments only. ``click.Context.obj`` is a
+:class:`CliHost` (a :class:`hookspecs.interfaces.HostProvider`) for plugin commands
+added through ``smartpush_register_commands``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import click
+import pluggy
+
+import hookspecs
+from hookspecs.devhost.crypto import CryptoError
+from hookspecs.devhost.formatting import format_report, format_status
+from hookspecs.devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
+from hookspecs.devhost.plan import PLAN_FEATURES
+from hookspecs.interfaces import HostContext
+
+log = logging.getLogger("smartpush")
+
+EXIT_NO_PLUGIN = 2
+FAILED_OUTCOMES = {"paused", "failed", "not_installed"}
+
+
+class CliError(click.ClickException):
+    """An error shown as ``Error: ...`` on stderr with a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CliHost:
+    """The HostProvider in ``ctx.obj``: builds the :class:`DevHost` on first use,
+    so commands that need no database (``apps``) never create one."""
+
+    def __init__(self, pm: pluggy.PluginManager, database_url: str | None, home: str | None,
+                 store: str, settings: dict[str, str] | None = None):
+        self.pm = pm
+        self.database_url = database_url
+        self.home = home
+        self.store = store
+        self.settings = settings or {}
+        self._host: DevHost | None = None
+
+    def __repr__(self) -> str:
+        return f"CliHost(store={self.store!r})"
+
+    @property
+    def host(self) -> DevHost:
+        """The development host (created on first access)."""
+        if self._host is None:
+            self._host = DevHost(self.database_url, self.home, self.settings, default_store=self.store)
+        return self._host
+
+    def host_context(self, store_id: str | None = None) -> HostContext:
+        """The host context of ``store_id`` (default: ``--store``)."""
+        return self.host.context(store_id or self.store)
+
+    def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+
+
+class SmartPushGroup(click.Group):
+    """Turns unexpected exceptions into ``Error: ...`` lines (traceback with ``-v``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except (CryptoError, ValueError, LookupError, PermissionError) as exc:
+            log.debug("command failed", exc_info=True)
+            raise CliError(f"{exc}") from None
+        except Exception as exc:
+            log.debug("command failed", exc_info=True)
+            raise CliError(f"unexpected {type(exc).__name__} (run with -v for details)") from None
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # basicConfig is a no-op when already configured
+
+
+def _obj() -> CliHost:
+    return click.get_current_context().obj
+
+
+def _require(result, name: str):
+    if result is None:
+        raise CliError(f"no installed plugin provides integration {name}", EXIT_NO_PLUGIN)
+    return result
+
+
+def _echo_json(model) -> None:
+    click.echo(model.model_dump_json(indent=2))
+
+
+def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
+    """Build the ``smartpush`` root group with the host commands and plugin commands."""
+    pm = pm if pm is not None else hookspecs.get_plugin_manager()
+
+    @click.group(cls=SmartPushGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--db", "database_url", envvar=ENV_DATABASE_URL, metavar="URL",
+                  help="SQLAlchemy database URL (default: SQLite in the data dir).")
+    @click.option("--store", envvar="SMARTPUSH_STORE", default=DEFAULT_STORE, show_default=True,
+                  help="The merchant store to act on.")
+    @click.option("--home", envvar=ENV_HOME, metavar="DIR", type=click.Path(file_okay=False),
+                  help="Data directory (default ./.smartpush).")
+    @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+    @click.pass_context
+    def root(ctx: click.Context, database_url, store, home, verbose):
+        """SmartPush development host: drive integration plugins against a local database."""
+        _setup_logging(verbose)
+        ctx.obj = CliHost(pm, database_url, home, store)
+        ctx.call_on_close(ctx.obj.close)
+
+    _add_integration_commands(root, pm)
+    _add_admin_commands(root)
+    from hookspecs.devhost.cli_contacts import contacts_group
+    from hookspecs.devhost.cli_demo import demo_command
+
+    root.add_command(contacts_group)
+    root.add_command(demo_command)
+    pm.hook.smartpush_register_commands(cli=root)
+    return root
+
+
+# ------------------------------------------------------------ integrations
+def _add_integration_commands(root: click.Group, pm: pluggy.PluginManager) -> None:
+    @root.command()
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def apps(as_json):
+        """List the integrations the installed plugins provide."""
+        infos = sorted(pm.hook.smartpush_integration_info(), key=lambda i: i.name)
+        if as_json:
+            click.echo(json.dumps([i.model_dump() for i in infos], indent=2))
+            return
+        if not infos:
+            click.echo("no integration plugins installed")
+        for info in infos:
+            click.echo(f"{info.name:<16} {info.title:<32} {info.version}")
+
+    @root.command()
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    def install(name, as_json):
+        """Install integration NAME in the store."""
+        status = _require(pm.hook.smartpush_install(integration=name, host=_obj().host_context()), name)
+        _echo_json(status) if as_json else click.echo(format_status(status))
+
+    @root.command()
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    def authorize(name, as_json):
+        """Validate and store the API key of integration NAME.
+
+        The key is read from $<NAME>_API_KEY (e.g. KLAVIYO_API_KEY) or asked for
+        without echo; it is never accepted as an argument and never printed.
+        """
+        env_name = f"{name.upper()}_API_KEY"
+        key = os.environ.get(env_name) or click.prompt(f"{name} API key", hide_input=True)
+        result = _require(
+            pm.hook.smartpush_authorize(integration=name, host=_obj().host_context(), credentials=key.strip()), name
+        )
+        del key
+        if as_json:
+            _echo_json(result)
+        else:
+            click.echo(("accepted: " if result.ok else "refused: ") + result.message)
+            if result.account_name:
+                click.echo(f"account: {result.account_name}")
+            if result.missing_scopes:
+                click.echo("missing scopes: " + ", ".join(result.missing_scopes))
+        if not result.ok:
+            raise click.exceptions.Exit(1)
+
+    @root.command()
+    @click.argument("name")
+    @click.option("--full", is_flag=True, help="Re-read the whole account instead of what changed.")
+    @click.option("--json", "as_json", is_flag=True)
+    def sync(name, full, as_json):
+        """Run one sync of integration NAME (exit 1 when paused or failed)."""
+        report = _require(
+            pm.hook.smartpush_sync(integration=name, host=_obj().host_context(), mode="full" if full else "incremental"),
+            name,
+        )
+        _echo_json(report) if as_json else click.echo(format_report(report))
+        if report.outcome in FAILED_OUTCOMES:
+            raise click.exceptions.Exit(1)
+
+    @root.command()
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    def status(name, as_json):
+        """Show the status of integration NAME."""
+        st = _require(pm.hook.smartpush_status(integration=name, host=_obj().host_context()), name)
+        _echo_json(st) if as_json else click.echo(format_status(st))
+
+    @root.command()
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    def uninstall(name, as_json):
+        """Cancel integration NAME (imported contacts are kept)."""
+        st = _require(pm.hook.smartpush_uninstall(integration=name, host=_obj().host_context()), name)
+        _echo_json(st) if as_json else click.echo(format_status(st))
+
+
+# ------------------------------------------------------------------- admin
+def _add_admin_commands(root: click.Group) -> None:
+    @root.command()
+    @click.option("--json", "as_json", is_flag=True)
+    def stores(as_json):
+        """List the stores with their plan and contact count."""
+        host = _obj().host
+        rows = []
+        for store_id in host.list_stores():
+            with host.storage.transaction(readonly=True) as tx:
+                count = host.contacts(store_id).count(tx)
+            rows.append({"store_id": store_id, "plan": host.plan(store_id).name, "contacts": count})
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            click.echo(f"{row['store_id']:<24} {row['plan']:<6} {row['contacts']} contacts")
+
+    @root.group()
+    def plan():
+        """Show or change the store's plan."""
+
+    @plan.command("show")
+    def plan_show():
+        """Print the store's plan."""
+        cli = _obj()
+        click.echo(cli.host.plan(cli.store).name)
+
+    @plan.command("set")
+    @click.argument("name", type=click.Choice(sorted(PLAN_FEATURES)))
+    def plan_set(name):
+        """Change the store's plan (``free`` has no integrations)."""
+        cli = _obj()
+        cli.host.ensure_store(cli.store)
+        cli.host.plan(cli.store).set(name)
+        click.echo(f"store {cli.store}: plan {name}")
+
+    @root.group()
+    def keys():
+        """Master key management."""
+
+    @keys.command("rotate")
+    @click.option("--batch-size", default=500, show_default=True)
+    def keys_rotate(batch_size):
+        """New active master key; re-encrypt every contact and secret; retire the old key."""
+        t0 = time.monotonic()
+        report = _obj().host.rotate_keys(batch_size=batch_size)
+        click.echo(
+            f"active key {report.new_key_id}; re-encrypted {report.contacts_reencrypted} contacts and "
+            f"{report.secrets_reencrypted} secrets in {time.monotonic() - t0:.1f} s; "
+            f"retired {', '.join(report.retired_key_ids) or 'none'}"
+        )
+
+    @keys.command("reencrypt")
+    def keys_reencrypt():
+        """Re-encrypt everything under the active key (after changing SMARTPUSH_MASTER_KEY)."""
+        from hookspecs.devhost.rotation import reencrypt_all
+
+        host = _obj().host
+        contacts, secrets = reencrypt_all(host.storage, host.keyring)
+        click.echo(f"re-encrypted {contacts} contacts and {secrets} secrets under key {host.keyring.active_id}")
+
+    @keys.command("status")
+    def keys_status():
+        """List the key ids and their status (never key material)."""
+        keyring = _obj().host.keyring
+        click.echo(f"source: {keyring.source}")
+        for key in keyring.keys():
+            click.echo(f"{key.key_id}  {key.status}")
+
+    @root.group()
+    def scheduler():
+        """Run scheduled sync jobs."""
+
+    @scheduler.command("run")
+    @click.option("--loop", is_flag=True, help="Keep polling until interrupted.")
+    @click.option("--interval", default=60.0, show_default=True, help="Seconds between polls with --loop.")
+    @click.option("--once", is_flag=True, help="Run due jobs once and exit (the default).")
+    def scheduler_run(loop, interval, once):
+        """Run the due jobs of every store."""
+        cli = _obj()
+        host = cli.host
+
+        def one_round() -> None:
+            for run in host.run_due(cli.pm):
+                click.echo(f"{run.store_id}/{run.integration}: {run.outcome}")
+
+        if not loop or once:
+            one_round()
+            return
+        click.echo(f"polling every {interval:g} s; Ctrl-C to stop", err=True)
+        try:
+            while True:
+                one_round()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point (``smartpush``)."""
+    try:
+        cli = build_cli()
+    except Exception as exc:  # a broken plugin must fail loudly, not silently vanish
+        click.echo(f"Error: could not load plugins: {type(exc).__name__}: {exc}", err=True)
+        raise SystemExit(1) from None
+    cli.main(args=argv, prog_name="smartpush")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,433 @@
+"""The Klaviyo HTTP client: auth, revision, rate budgets, retries, typed errors, stats.
+
+One :class:`KlaviyoClient` wraps one :class:`httpx.Client` (a keep-alive connection
+pool) and is safe to share between the threads of a pool. Every request:
+
+1. takes a slot from its endpoint's :class:`~smartpush_plugin_klaviyo.ratelimit.RateBudget`
+   (``profile_count`` requests also take one from that field's stricter budget);
+2. is sent with ``Authorization: Klaviyo-API-Key …``, ``revision`` and JSON:API ``Accept``;
+3. feeds the response's ``RateLimit-*`` headers back to the budget;
+4. is mapped to the error hierarchy of :mod:`smartpush_plugin_klaviyo.errors`.
+
+Retries (with :mod:`tenacity`: jittered exponential backoff, bounded by ``max_retries``
+*and* ``max_retry_time``) cover 429 (waiting at least ``Retry-After`` and penalizing the
+budget), 5xx/524, timeouts, connection errors and non-JSON:API 403 pages (CDN/firewall).
+400, 401, JSON:API 403 and 404 are never retried.
+
+The key never leaves the configured origin: :meth:`KlaviyoClient.get_url` refuses a URL
+whose scheme, host or port differ from ``base_url``. It is never logged, and never
+appears in an exception or ``repr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
+
+from smartpush_plugin_klaviyo import __version__
+from smartpush_plugin_klaviyo.errors import (
+    BadRequestError,
+    ConfigurationError,
+    ForeignURLError,
+    InvalidKeyError,
+    KlaviyoAPIError,
+    MissingScopeError,
+    NotFoundError,
+    RateLimitedError,
+    SyncCancelled,
+    TransientError,
+)
+from smartpush_plugin_klaviyo.ratelimit import RateBudgets
+
+try:  # faster JSON when available; never a dependency
+    import orjson as _orjson
+
+    _loads = _orjson.loads
+    _JSONError: tuple[type[BaseException], ...] = (ValueError,)
+except ImportError:  # pragma: no cover
+    import json as _json
+
+    _loads = _json.loads
+    _JSONError = (ValueError,)
+
+__all__ = [
+    "KlaviyoClient",
+    "REVISION",
+    "DEFAULT_BASE_URL",
+    "ENDPOINT_SCOPES",
+    "USER_AGENT",
+    "endpoint_template",
+]
+
+log = logging.getLogger(__name__)
+
+REVISION = "2026-07-15"
+DEFAULT_BASE_URL = "https://a.klaviyo.com"
+USER_AGENT = f"smartpush-plugin-klaviyo/{__version__} (+SmartPush Klaviyo integration; httpx/{httpx.__version__})"
+JSONAPI = "application/vnd.api+json"
+
+# ``x-klaviyo-scopes`` of the endpoints read (tests/test_spec_agreement.py checks them).
+ENDPOINT_SCOPES: dict[str, tuple[str, ...]] = {
+    "/api/profiles": ("profiles:read",),
+    "/api/lists": ("lists:read",),
+    "/api/segments": ("segments:read",),
+    "/api/lists/{id}": ("lists:read",),
+    "/api/segments/{id}": ("segments:read",),
+    "/api/lists/{id}/relationships/profiles": ("lists:read", "profiles:read"),
+    "/api/segments/{id}/relationships/profiles": ("profiles:read", "segments:read"),
+}
+
+FORBIDDEN_FIELDS = ("predictive_analytics",)
+"""Never requested: slower, a stricter rate limit, and nothing the sync needs."""
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 527, 529, 530})
+
+_SCOPE_RE = re.compile(r"\b([a-z][a-z\-]*:(?:read|write))\b")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def endpoint_template(path: str) -> str:
+    """The endpoint template of a request path: ids become ``{id}``, query and trailing
+    slash dropped. ``/api/lists/XyZ/relationships/profiles`` →
+    ``/api/lists/{id}/relationships/profiles``."""
+    q = path.find("?")
+    if q >= 0:
+        path = path[:q]
+    if len(path) > 1 and path.endswith("/"):
+        path = path.rstrip("/")
+    parts = path.split("/")
+    # ["", "api", "<collection>", "<id>", ...]
+    if len(parts) >= 4 and parts[1] == "api" and parts[3]:
+        parts[3] = "{id}"
+        return "/".join(parts)
+    return path
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (TransientError, RateLimitedError)) and not getattr(exc, "final", False)
+
+
+class KlaviyoClient:
+    """A thread-safe, read-only Klaviyo API client.
+
+    :param api_key: a Klaviyo Private API Key (never logged, never in reprs or errors).
+    :param base_url: ``https://a.klaviyo.com`` or a stand-in's URL.
+    :param revision: the ``revision`` header.
+    :param budgets: the account's rate budgets (share one across clients of an account);
+        a fresh :class:`RateBudgets` by default. Its ``time_scale`` also shrinks the
+        backoff, its ``header_scale`` divides ``Retry-After``.
+    :param max_retries: retries after the first attempt.
+    :param max_retry_time: seconds after which no new attempt starts.
+    :param timeout: httpx timeout.
+    :param max_connections: pool size.
+    :param transport: an httpx transport (tests).
+    :param cancel_event: when set, waits (budget, backoff) raise :class:`SyncCancelled`.
+    :param backoff_initial, backoff_max: exponential backoff bounds in server seconds.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        revision: str = REVISION,
+        budgets: RateBudgets | None = None,
+        max_retries: int = 8,
+        max_retry_time: float = 300.0,
+        timeout: httpx.Timeout | float | None = httpx.Timeout(30, connect=10),
+        max_connections: int = 32,
+        transport: httpx.BaseTransport | None = None,
+        cancel_event: threading.Event | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigurationError("an API key is required")
+        self._key = api_key.strip()
+        base = httpx.URL(base_url.rstrip("/"))
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ConfigurationError("base_url must be an absolute http(s) URL")
+        self.base_url = str(base)
+        self._origin = (base.scheme, base.host.lower(), base.port or _DEFAULT_PORTS[base.scheme])
+        self.revision = revision
+        self.budgets = budgets if budgets is not None else RateBudgets()
+        self.max_retries = max(0, int(max_retries))
+        self.max_retry_time = float(max_retry_time)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
+        self._secrets = (self._key,)
+        self._stats: dict[str, int] = {"429": 0, "retries": 0, "errors": 0}
+        self._stats_lock = threading.Lock()
+        self._closed = False
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Klaviyo-API-Key {self._key}",
+                "revision": revision,
+                "Accept": JSONAPI,
+                "User-Agent": USER_AGENT,
+            },
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries + 1) | stop_before_delay(self.max_retry_time),
+            wait=self._wait_for,
+            retry=retry_if_exception(_retryable),
+            sleep=self._sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+
+    # ------------------------------------------------------------ public
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict:
+        """GET ``path`` (e.g. ``/api/profiles``) with query ``params``; the JSON:API document.
+
+        List values are sent comma-separated (``fields[profile]=email,updated``).
+        """
+        if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
+            raise ConfigurationError("get() takes a path such as /api/profiles; use get_url() for links")
+        prepared = self._prepare_params(params) if params else None
+        profile_count = False
+        if prepared:
+            for name, value in prepared.items():
+                if name.startswith("additional-fields") and "profile_count" in value:
+                    profile_count = True
+                    break
+        template = endpoint_template(path)
+        return self._call(template, path, prepared, profile_count)
+
+    def get_url(self, url: str) -> dict:
+        """GET a ``links.next``/``links.self`` URL returned by Klaviyo.
+
+        Refuses (:class:`ForeignURLError`) any URL whose scheme, host or port differ from
+        ``base_url``, so the key is never sent anywhere else.
+        """
+        if not isinstance(url, str) or not url:
+            raise ConfigurationError("get_url() needs a URL")
+        try:
+            parsed = httpx.URL(url)
+        except Exception:  # httpx.InvalidURL and friends
+            raise ForeignURLError("refused a malformed link URL") from None
+        if parsed.is_relative_url:
+            if not url.startswith("/") or url.startswith("//"):
+                raise ForeignURLError("refused a relative link URL")
+        else:
+            scheme = parsed.scheme
+            origin = (scheme, (parsed.host or "").lower(), parsed.port or _DEFAULT_PORTS.get(scheme))
+            if origin != self._origin:
+                log.warning("refused to follow a link to another origin (%s://%s)", scheme, parsed.host)
+                raise ForeignURLError(endpoint=endpoint_template(parsed.path))
+        query = unquote(parsed.query.decode("ascii", "replace")) if parsed.query else ""
+        for forbidden in FORBIDDEN_FIELDS:
+            if forbidden in query:
+                raise ConfigurationError(f"the plugin never requests {forbidden}")
+        profile_count = "profile_count" in query and "additional-fields" in query
+        return self._call(endpoint_template(parsed.path), url, None, profile_count)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Requests sent per ``"GET <template>"`` (every attempt), plus ``"429"``,
+        ``"retries"`` and ``"errors"`` (errors raised to the caller)."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def cancel(self) -> None:
+        """Make every current and future wait of this client raise :class:`SyncCancelled`."""
+        self.cancel_event.set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._http.close()
+
+    def __enter__(self) -> KlaviyoClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KlaviyoClient(base_url={self.base_url!r}, revision={self.revision!r}, key=***)"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # never pickle the key
+        raise TypeError("KlaviyoClient cannot be pickled")
+
+    # ----------------------------------------------------------- private
+    def _prepare_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, value in params.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set, frozenset)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            else:
+                value = str(value)
+            out[name] = value
+            for forbidden in FORBIDDEN_FIELDS:
+                if forbidden in value or forbidden in name:
+                    raise ConfigurationError(f"the plugin never requests {forbidden}")
+        return out
+
+    def _call(self, template: str, target: str, params: dict | None, profile_count: bool) -> dict:
+        if self._closed:
+            raise ConfigurationError("the client is closed")
+        budgets = self.budgets.for_request(template, profile_count)
+        try:
+            return self._retrying(self._attempt, template, target, params, budgets)
+        except KlaviyoAPIError:
+            self._count("errors")
+            raise
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self._stats[key] = self._stats.get(key, 0) + 1
+
+    def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple) -> dict:
+        cancel = self.cancel_event
+        for budget in budgets:
+            if not budget.acquire(timeout=self.max_retry_time, cancel=cancel):
+                exc = RateLimitedError("waited too long for the rate budget", endpoint=template, status=None)
+                exc.final = True
+                raise exc
+        self._count("GET " + template)
+        try:
+            response = self._http.get(target, params=params)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timed out ({type(exc).__name__})", endpoint=template) from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection failed ({type(exc).__name__})", endpoint=template) from None
+        headers = response.headers
+        status = response.status_code
+        if status < 300:
+            budgets[-1].observe(headers)
+            try:
+                body = _loads(response.content)
+            except _JSONError:
+                raise TransientError("response is not JSON", status=status, endpoint=template) from None
+            if not isinstance(body, dict):
+                raise TransientError("response is not a JSON:API document", status=status, endpoint=template)
+            return body
+        if status == 429:
+            self._count("429")
+            retry_after = _retry_after(headers)
+            for budget in budgets:
+                budget.penalize(retry_after)
+            raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after)
+        budgets[-1].observe(headers)
+        raise self._error(template, response)
+
+    def _error(self, template: str, response: httpx.Response) -> KlaviyoAPIError:
+        status = response.status_code
+        errors = _jsonapi_errors(response)
+        first = errors[0] if errors else {}
+        code = first.get("code") if isinstance(first.get("code"), str) else None
+        detail = first.get("detail") if isinstance(first.get("detail"), str) else None
+        if detail is None and isinstance(first.get("title"), str):
+            detail = first["title"]
+        common = dict(status=status, endpoint=template, code=code, detail=detail, secrets=self._secrets)
+        if status == 401:
+            return InvalidKeyError(**common)
+        if status == 403:
+            if errors is None:  # an HTML/CDN page, not Klaviyo's API: retry
+                ctype = response.headers.get("content-type", "?").split(";")[0]
+                return TransientError(f"403 without a JSON:API body ({ctype})", status=403, endpoint=template)
+            scopes = set(ENDPOINT_SCOPES.get(template, ()))
+            for err in errors:
+                for text in (err.get("detail"), err.get("title")):
+                    if isinstance(text, str):
+                        scopes.update(_SCOPE_RE.findall(text))
+            return MissingScopeError(scopes=scopes, **common)
+        if status == 404:
+            return NotFoundError(**common)
+        if status == 400:
+            invalid_cursor = False
+            for err in errors or ():
+                source = err.get("source") if isinstance(err.get("source"), dict) else {}
+                text = " ".join(str(err.get(k) or "") for k in ("detail", "title", "code")).lower()
+                if source.get("parameter") == "page[cursor]" or "cursor" in text:
+                    invalid_cursor = True
+            return BadRequestError(invalid_cursor=invalid_cursor, **common)
+        if status in RETRYABLE_STATUS or status >= 500:
+            return TransientError(f"Klaviyo answered {status}", **common)
+        return KlaviyoAPIError(f"Klaviyo answered {status}", **common)
+
+    # tenacity hooks
+    def _wait_for(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        scale = self.budgets.time_scale
+        attempt = max(1, retry_state.attempt_number)
+        backoff = min(self.backoff_max, self.backoff_initial * (2 ** (attempt - 1))) / scale
+        wait = random.uniform(0, backoff)  # full jitter
+        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+            ra = exc.retry_after / self.budgets.header_scale
+            wait = ra + random.uniform(0, min(ra * 0.1, 0.5))
+        return wait
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0 and self.cancel_event.wait(seconds):
+            raise SyncCancelled("the request was cancelled")
+        if self.cancel_event.is_set():
+            raise SyncCancelled("the request was cancelled")
+
+    def _before_sleep(self, retry_state) -> None:
+        self._count("retries")
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        log.warning(
+            "GET %s failed (%s %s); retry %d in %.2fs",
+            getattr(exc, "endpoint", "?"),
+            type(exc).__name__,
+            getattr(exc, "status", None),
+            retry_state.attempt_number,
+            retry_state.upcoming_sleep,
+        )
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        from datetime import datetime, timezone
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds)
+
+
+def _jsonapi_errors(response: httpx.Response) -> list[dict] | None:
+    """The ``errors`` array of a JSON:API error document, ``None`` when the body is not one."""
+    ctype = response.headers.get("content-type", "").lower()
+    if "json" not in ctype:
+        return None
+    try:
+        body = _loads(response.content)
+    except _JSONError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    errors = body.get("errors")
+    if not isinstance(errors, list) or not errors:
+        return None
+    return [e for e in errors if isinstance(e, dict)] or None

@@ -1,0 +1,62 @@
+"""A per-store lease so two workers never run the same store's sync at once.
+
+The lease is a row with an owner and an expiry. Taking it is one conditional
+UPDATE (or INSERT), atomic on SQLite and PostgreSQL alike; the holder renews it
+while it works, and a crashed worker's lease simply expires.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from smartpush_plugin_klaviyo.state import lease_t
+from smartpush_plugin_klaviyo.timeutil import utcnow
+
+LEASE_TTL = timedelta(seconds=60)
+
+
+def acquire(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
+    """Take or renew the lease; ``False`` when another live owner holds it."""
+    now = utcnow()
+    with storage.transaction() as tx:
+        result = tx.execute(
+            update(lease_t)
+            .where(
+                and_(
+                    lease_t.c.store_id == store_id,
+                    or_(lease_t.c.owner == owner, lease_t.c.expires_at < now),
+                )
+            )
+            .values(owner=owner, expires_at=now + ttl)
+        )
+        if result.rowcount:
+            return True
+        exists = tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == store_id)).first()
+        if exists is not None:
+            return False
+    try:
+        with storage.transaction() as tx:
+            tx.execute(insert(lease_t).values(store_id=store_id, owner=owner, expires_at=now + ttl))
+        return True
+    except IntegrityError:  # another worker inserted first
+        return False
+
+
+def renew(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
+    """Extend the lease; ``False`` when it was lost (expired and taken by another)."""
+    now = utcnow()
+    with storage.transaction() as tx:
+        result = tx.execute(
+            update(lease_t)
+            .where(and_(lease_t.c.store_id == store_id, lease_t.c.owner == owner))
+            .values(expires_at=now + ttl)
+        )
+        return bool(result.rowcount)
+
+
+def release(storage, store_id: str, owner: str) -> None:
+    with storage.transaction() as tx:
+        tx.execute(delete(lease_t).where(and_(lease_t.c.store_id == store_id, lease_t.c.owner == owner)))

@@ -1,0 +1,201 @@
+"""Cursor pagination over ``links.next`` and Klaviyo filter builders.
+
+Klaviyo paginates with opaque cursors: each page carries ``links.next`` (absent on the
+last page). :func:`iter_pages` follows them holding one page at a time;
+:func:`fetch_page` serves callers that checkpoint ``next_url`` and resume later.
+
+Filters use Klaviyo's grammar, e.g.
+``and(greater-than(updated,2026-01-02T03:04:05.123456+00:00),less-than(updated,…))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+__all__ = [
+    "Page",
+    "iter_pages",
+    "fetch_page",
+    "format_value",
+    "format_datetime",
+    "greater_than",
+    "less_than",
+    "greater_or_equal",
+    "less_or_equal",
+    "equals",
+    "any_of",
+    "and_",
+    "PAGE_SIZE_MAX",
+    "FILTERS_USED",
+    "SORTS_USED",
+    "ADDITIONAL_FIELDS_USED",
+]
+
+# page[size] maxima of the endpoints read (spec 2026-07-15; tests/test_spec_agreement.py).
+PAGE_SIZE_MAX: dict[str, int] = {
+    "/api/profiles": 100,
+    "/api/lists": 10,
+    "/api/segments": 10,
+    "/api/lists/{id}/relationships/profiles": 100,
+    "/api/segments/{id}/relationships/profiles": 100,
+}
+
+# The filter fields and operators the plugin uses, per endpoint (each must be allowed by the spec).
+FILTERS_USED: dict[str, dict[str, frozenset[str]]] = {
+    "/api/profiles": {
+        "updated": frozenset({"greater-than", "less-than"}),
+        "id": frozenset({"any", "equals"}),
+    },
+    "/api/lists/{id}/relationships/profiles": {
+        "joined_group_at": frozenset({"greater-than", "less-than", "greater-or-equal", "less-or-equal"}),
+    },
+    "/api/segments/{id}/relationships/profiles": {
+        "joined_group_at": frozenset({"greater-than", "less-than", "greater-or-equal", "less-or-equal"}),
+    },
+}
+
+# The sort values the plugin uses, per endpoint (each must be in the spec's enum).
+SORTS_USED: dict[str, tuple[str, ...]] = {
+    "/api/profiles": ("updated", "-updated"),
+    "/api/lists/{id}/relationships/profiles": ("joined_group_at",),
+    "/api/segments/{id}/relationships/profiles": ("joined_group_at",),
+}
+
+# additional-fields the plugin asks for (predictive_analytics is never requested).
+ADDITIONAL_FIELDS_USED: dict[str, tuple[str, str]] = {
+    "/api/profiles": ("additional-fields[profile]", "subscriptions"),
+    "/api/lists/{id}": ("additional-fields[list]", "profile_count"),
+    "/api/segments/{id}": ("additional-fields[segment]", "profile_count"),
+}
+
+
+# ------------------------------------------------------------------ filters
+def format_datetime(value: datetime) -> str:
+    """ISO 8601 with microseconds and an explicit offset (naive values are UTC):
+    ``2026-01-02T03:04:05.123456+00:00``."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    else:
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(timespec="microseconds")
+
+
+def format_value(value: Any) -> str:
+    """A filter operand: datetimes as ISO 8601, strings quoted, lists bracketed."""
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    text = str(value)
+    if "'" in text and '"' not in text:
+        return f'"{text}"'
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def _cond(op: str, field_name: str, value: Any) -> str:
+    return f"{op}({field_name},{format_value(value)})"
+
+
+def greater_than(field_name: str, value: Any) -> str:
+    return _cond("greater-than", field_name, value)
+
+
+def less_than(field_name: str, value: Any) -> str:
+    return _cond("less-than", field_name, value)
+
+
+def greater_or_equal(field_name: str, value: Any) -> str:
+    return _cond("greater-or-equal", field_name, value)
+
+
+def less_or_equal(field_name: str, value: Any) -> str:
+    return _cond("less-or-equal", field_name, value)
+
+
+def equals(field_name: str, value: Any) -> str:
+    return _cond("equals", field_name, value)
+
+
+def any_of(field_name: str, values: Any) -> str:
+    return f"any({field_name},{format_value(list(values))})"
+
+
+def and_(*conds: str | None) -> str | None:
+    """Join conditions with ``and(...)``; ``None``/empty ones are dropped. One condition
+    is returned as is, none gives ``None``."""
+    kept = [c for c in conds if c]
+    if not kept:
+        return None
+    if len(kept) == 1:
+        return kept[0]
+    return "and(" + ",".join(kept) + ")"
+
+
+# --------------------------------------------------------------- pagination
+@dataclass
+class Page:
+    """One page of a JSON:API collection."""
+
+    data: list[dict]
+    next_url: str | None = None
+    self_url: str | None = None
+    included: list[dict] | None = field(default=None)
+
+    @classmethod
+    def from_document(cls, body: Mapping[str, Any]) -> Page:
+        data = body.get("data")
+        if data is None:
+            data = []
+        elif isinstance(data, dict):
+            data = [data]
+        links = body.get("links") or {}
+        return cls(
+            data=data,
+            next_url=links.get("next") or None,
+            self_url=links.get("self") or None,
+            included=body.get("included"),
+        )
+
+
+def fetch_page(client, path_or_url: str, params: Mapping[str, Any] | None = None) -> Page:
+    """One page: ``path_or_url`` is an API path (with ``params``) or a saved ``links.next``."""
+    if path_or_url.startswith("/api/") and not params and "?" in path_or_url:
+        return Page.from_document(client.get_url(path_or_url))
+    if path_or_url.startswith("/"):
+        return Page.from_document(client.get(path_or_url, dict(params) if params else None))
+    if params:
+        raise ValueError("params cannot be combined with a full URL")
+    return Page.from_document(client.get_url(path_or_url))
+
+
+def iter_pages(
+    client,
+    path: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    start_url: str | None = None,
+) -> Iterator[Page]:
+    """Every page from ``path`` + ``params`` (or from ``start_url``, a saved
+    ``links.next``) until ``links.next`` is absent. One page in memory at a time."""
+    if start_url:
+        page = Page.from_document(client.get_url(start_url))
+    else:
+        page = Page.from_document(client.get(path, dict(params) if params else None))
+    while True:
+        next_url = page.next_url
+        yield page
+        if not next_url:
+            return
+        page = None  # drop the previous page before fetching the next
+        page = Page.from_document(client.get_url(next_url))

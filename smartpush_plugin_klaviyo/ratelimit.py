@@ -1,0 +1,417 @@
+"""Per-endpoint rate budgets matching Klaviyo's burst (1 s) and steady (60 s) windows.
+
+Klaviyo counts requests per *account* in fixed windows, and every private-key
+integration of the account shares the quota. A :class:`RateBudget` therefore keeps a
+safety margin under each published limit (default 90 %) and uses a *sliding log*: a
+request is granted only if fewer than ``allowed`` requests were granted in the last
+window length. That bounds the count in **every** window of that length, aligned or
+not, so Klaviyo's fixed windows can never see more than ``allowed`` of ours.
+
+On top of the local log:
+
+* :meth:`RateBudget.observe` reads ``RateLimit-Limit/Remaining/Reset`` from a response:
+  when the server says fewer requests remain than we think (another integration is
+  using the quota), the budget caps what it grants until the window resets;
+* :meth:`RateBudget.penalize` (on a 429) blocks the endpoint until ``Retry-After`` has
+  passed and halves the rate for one steady window.
+
+The clock is injected (``clock`` monotonic seconds, ``sleep``) so tests are fast and
+deterministic, and ``time_scale`` shrinks every window for stand-ins whose clock runs
+faster (``time_scale=10``: the 1 s burst window lasts 0.1 s).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from smartpush_plugin_klaviyo.errors import SyncCancelled
+
+__all__ = [
+    "Limit",
+    "ENDPOINT_LIMITS",
+    "DEFAULT_LIMIT",
+    "PROFILE_COUNT_SUFFIX",
+    "BURST_WINDOW",
+    "STEADY_WINDOW",
+    "RateBudget",
+    "RateBudgets",
+    "parse_rate_limit_headers",
+]
+
+BURST_WINDOW = 1.0
+STEADY_WINDOW = 60.0
+PROFILE_COUNT_SUFFIX = "+profile_count"
+"""Budget key suffix of requests with ``additional-fields[list|segment]=profile_count``."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Klaviyo's published limits for one endpoint: ``burst`` per second, ``steady`` per minute."""
+
+    burst: int
+    steady: int
+
+
+# From ``x-klaviyo-ratelimit`` (and the descriptions, for the ``profile_count``
+# additional field) of the 2026-07-15 OpenAPI spec; tests/test_spec_agreement.py checks them.
+ENDPOINT_LIMITS: dict[str, Limit] = {
+    "/api/profiles": Limit(75, 750),
+    "/api/lists": Limit(75, 750),
+    "/api/segments": Limit(75, 750),
+    "/api/lists/{id}": Limit(75, 750),
+    "/api/segments/{id}": Limit(75, 750),
+    "/api/lists/{id}/relationships/profiles": Limit(75, 750),
+    "/api/segments/{id}/relationships/profiles": Limit(75, 750),
+    "/api/lists/{id}" + PROFILE_COUNT_SUFFIX: Limit(1, 15),
+    "/api/segments/{id}" + PROFILE_COUNT_SUFFIX: Limit(1, 15),
+}
+
+DEFAULT_LIMIT = Limit(3, 60)
+"""Klaviyo's small tier: used for any endpoint not in :data:`ENDPOINT_LIMITS`."""
+
+PENALTY_FACTOR = 0.5
+"""After a 429 the endpoint runs at this fraction of its rate for one steady window."""
+
+_NUM_RE = re.compile(r"\d+(?:\.\d+)?")
+_WINDOW_RE = re.compile(r"w=(\d+(?:\.\d+)?)")
+
+
+def _first_number(value: str | None) -> float | None:
+    if not value:
+        return None
+    m = _NUM_RE.search(value)
+    return float(m.group(0)) if m else None
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str]) -> tuple[int, int, float, float | None] | None:
+    """``(limit, remaining, reset_seconds, window_seconds|None)`` from IETF-draft
+    ``RateLimit-*`` headers, or ``None`` when absent/malformed. The window comes from a
+    ``w=`` parameter when the server sends one."""
+    get = headers.get
+    limit_h = get("RateLimit-Limit") or get("ratelimit-limit")
+    remaining_h = get("RateLimit-Remaining") or get("ratelimit-remaining")
+    if not limit_h or not remaining_h:
+        return None
+    limit = _first_number(limit_h)
+    remaining = _first_number(remaining_h)
+    reset = _first_number(get("RateLimit-Reset") or get("ratelimit-reset"))
+    if limit is None or remaining is None:
+        return None
+    window = None
+    first_policy = limit_h.split(",")[0]
+    m = _WINDOW_RE.search(first_policy)
+    if m is None and "," in limit_h:
+        # "75, 75;w=1, 750;w=60": the first value names the policy closest to exhaustion
+        for part in limit_h.split(",")[1:]:
+            if _first_number(part) == limit:
+                m = _WINDOW_RE.search(part)
+                if m:
+                    break
+    if m:
+        window = float(m.group(1))
+    return int(limit), int(remaining), float(reset if reset is not None else 0.0), window
+
+
+class RateBudget:
+    """Thread-safe burst + steady budget of one endpoint (one budget key).
+
+    :param limit: the published limits.
+    :param margin: fraction of each limit we allow ourselves (the rest is left to other
+        integrations of the account and to clock skew).
+    :param time_scale: server seconds per real second (windows are divided by it).
+    :param header_scale: divisor of header durations (``Retry-After``, ``RateLimit-Reset``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        limit: Limit,
+        *,
+        margin: float = 0.9,
+        time_scale: float = 1.0,
+        header_scale: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not 0 < margin <= 1:
+            raise ValueError("margin must be in (0, 1]")
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.name = name
+        self.limit = limit
+        self.margin = margin
+        self.time_scale = time_scale
+        self.header_scale = header_scale
+        # a microsecond of slack so float rounding can never squeeze an extra grant in
+        self.burst_window = BURST_WINDOW / time_scale + 1e-6
+        self.steady_window = STEADY_WINDOW / time_scale + 1e-6
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._burst_log: deque[float] = deque()
+        self._steady_log: deque[float] = deque()
+        self._blocked_until = 0.0
+        self._penalty_until = 0.0
+        # server-reported cap: at most _cap_allowed grants until _cap_until
+        self._cap_until = 0.0
+        self._cap_allowed = 0
+        self._cap_granted = 0
+        self.granted = 0
+        self.waited = 0.0
+        self.penalties = 0
+        self._burst_allowed_n = self._allowed(limit.burst, 1.0)
+        self._steady_allowed_n = self._allowed(limit.steady, 1.0)
+
+    def _allowed(self, published: int, factor: float) -> int:
+        return max(1, int(math.floor(published * self.margin * factor + 1e-9)))
+
+    # ------------------------------------------------------------ public
+    @property
+    def burst_allowed(self) -> int:
+        """Requests we allow ourselves per burst window right now."""
+        with self._lock:
+            return self._limits(self._clock())[0]
+
+    @property
+    def steady_allowed(self) -> int:
+        """Requests we allow ourselves per steady window right now."""
+        with self._lock:
+            return self._limits(self._clock())[1]
+
+    def try_acquire(self) -> float:
+        """Take a slot if one is free now (returns 0.0); else return the seconds to wait."""
+        with self._lock:
+            now = self._clock()
+            wait = self._wait(now)
+            if wait <= 0.0:
+                self._grant(now)
+                return 0.0
+            return wait
+
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
+        """Block until a slot is free and take it.
+
+        :param timeout: give up after this many seconds (returns ``False``).
+        :param cancel: an event; when set, raises :class:`SyncCancelled`.
+        :returns: ``True`` once a slot was taken.
+        """
+        deadline = None if timeout is None else self._clock() + timeout
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise SyncCancelled("cancelled while waiting for the rate budget")
+            with self._lock:
+                now = self._clock()
+                wait = self._wait(now)
+                if wait <= 0.0:
+                    self._grant(now)
+                    return True
+            if deadline is not None:
+                left = deadline - now
+                if left <= 0:
+                    return False
+                wait = min(wait, left)
+            self.waited += wait
+            self._pause(wait, cancel)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Adjust from a response's ``RateLimit-*`` headers (Klaviyo reports the steady window).
+
+        When the server has fewer requests left than the margin allows, grant at most
+        ``remaining - reserve`` more before the window resets (``reserve`` = the share of
+        the limit the margin keeps free for others).
+        """
+        parsed = parse_rate_limit_headers(headers)
+        if parsed is None:
+            return
+        limit, remaining, reset, window = parsed
+        if window is None:
+            window = BURST_WINDOW if limit == self.limit.burst and limit != self.limit.steady else STEADY_WINDOW
+        if reset <= 0:  # integer seconds: "0" means the window resets within a second
+            reset = 1.0
+        scaled_reset = reset / self.header_scale
+        reserve = limit - int(math.floor(limit * self.margin + 1e-9))
+        allowed = max(0, remaining - reserve)
+        with self._lock:
+            now = self._clock()
+            until = now + min(scaled_reset, window / self.time_scale)
+            self._cap_until = until
+            self._cap_allowed = allowed
+            self._cap_granted = 0
+
+    def penalize(self, retry_after: float | None) -> None:
+        """A 429: block until ``retry_after`` seconds (divided by ``header_scale``) passed,
+        and run at half the rate for one steady window."""
+        with self._lock:
+            now = self._clock()
+            if retry_after is None or retry_after < 0:
+                wait = self.burst_window
+            else:
+                wait = retry_after / self.header_scale
+            self._blocked_until = max(self._blocked_until, now + wait)
+            self._penalty_until = max(self._penalty_until, now + self.steady_window)
+            self.penalties += 1
+
+    def blocked_for(self) -> float:
+        """Seconds until the endpoint may be used again (0 when a slot is free)."""
+        with self._lock:
+            return max(0.0, self._wait(self._clock()))
+
+    def __repr__(self) -> str:
+        return f"RateBudget({self.name!r}, burst={self.limit.burst}/s, steady={self.limit.steady}/m, margin={self.margin})"
+
+    # ----------------------------------------------------------- private
+    def _limits(self, now: float) -> tuple[int, int]:
+        if now < self._penalty_until:
+            return self._allowed(self.limit.burst, PENALTY_FACTOR), self._allowed(self.limit.steady, PENALTY_FACTOR)
+        return self._burst_allowed_n, self._steady_allowed_n
+
+    def _wait(self, now: float) -> float:
+        """Seconds until a grant is possible (<= 0: now). Caller holds the lock."""
+        wait = self._blocked_until - now
+        burst_n, steady_n = self._limits(now)
+        log = self._burst_log
+        horizon = now - self.burst_window
+        while log and log[0] <= horizon:
+            log.popleft()
+        if len(log) >= burst_n:
+            wait = max(wait, log[len(log) - burst_n] + self.burst_window - now)
+        log = self._steady_log
+        horizon = now - self.steady_window
+        while log and log[0] <= horizon:
+            log.popleft()
+        if len(log) >= steady_n:
+            wait = max(wait, log[len(log) - steady_n] + self.steady_window - now)
+        if now < self._cap_until and self._cap_granted >= self._cap_allowed:
+            wait = max(wait, self._cap_until - now)
+        return wait
+
+    def _grant(self, now: float) -> None:
+        self._burst_log.append(now)
+        self._steady_log.append(now)
+        if now < self._cap_until:
+            self._cap_granted += 1
+        self.granted += 1
+
+    def _pause(self, seconds: float, cancel: threading.Event | None) -> None:
+        # a tiny floor avoids spinning on float rounding at window edges
+        seconds = max(seconds, 1e-4)
+        if cancel is not None and self._sleep is time.sleep:
+            if cancel.wait(seconds):
+                raise SyncCancelled("cancelled while waiting for the rate budget")
+        else:
+            self._sleep(seconds)
+
+
+class _Unlimited:
+    """A budget that never waits (``RateBudgets(enabled=False)``)."""
+
+    name = "unlimited"
+
+    def try_acquire(self) -> float:
+        return 0.0
+
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
+        if cancel is not None and cancel.is_set():
+            raise SyncCancelled("cancelled")
+        return True
+
+    def observe(self, headers) -> None:
+        pass
+
+    def penalize(self, retry_after: float | None) -> None:
+        pass
+
+    def blocked_for(self) -> float:
+        return 0.0
+
+
+UNLIMITED = _Unlimited()
+
+
+class RateBudgets:
+    """The budgets of one account (share one instance across every client of an account).
+
+    :param limits: per budget key (endpoint template, or template +
+        :data:`PROFILE_COUNT_SUFFIX`); defaults to :data:`ENDPOINT_LIMITS`.
+    :param margin: fraction of each published limit used (default 0.9).
+    :param time_scale: server seconds per real second (stand-ins with a scaled clock):
+        the burst and steady windows and the client's backoff are divided by it.
+    :param header_scale: divisor of the durations servers send (``Retry-After``,
+        ``RateLimit-Reset``). Klaviyo and the stand-in send real seconds: keep 1.0; use
+        ``time_scale`` for a stand-in that sends durations in its scaled seconds.
+    :param enabled: ``False`` disables limiting entirely.
+    :param clock, sleep: injectable time source (monotonic seconds) and sleep.
+    """
+
+    def __init__(
+        self,
+        limits: Mapping[str, Limit] | None = None,
+        *,
+        margin: float = 0.9,
+        time_scale: float = 1.0,
+        header_scale: float = 1.0,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        default_limit: Limit = DEFAULT_LIMIT,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.limits = dict(ENDPOINT_LIMITS if limits is None else limits)
+        self.margin = margin
+        self.time_scale = float(time_scale)
+        self.header_scale = float(header_scale)
+        if self.header_scale <= 0:
+            raise ValueError("header_scale must be positive")
+        self.enabled = enabled
+        self.default_limit = default_limit
+        self.clock = clock
+        self.sleep = sleep
+        self._budgets: dict[str, RateBudget] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> RateBudget | _Unlimited:
+        """The budget of one key (created on first use)."""
+        if not self.enabled:
+            return UNLIMITED
+        budget = self._budgets.get(key)
+        if budget is None:
+            with self._lock:
+                budget = self._budgets.get(key)
+                if budget is None:
+                    budget = RateBudget(
+                        key,
+                        self.limits.get(key, self.default_limit),
+                        margin=self.margin,
+                        time_scale=self.time_scale,
+                        header_scale=self.header_scale,
+                        clock=self.clock,
+                        sleep=self.sleep,
+                    )
+                    self._budgets[key] = budget
+        return budget
+
+    __getitem__ = get
+
+    def for_request(self, template: str, profile_count: bool = False) -> tuple:
+        """The budgets one request consumes: its endpoint's, plus the ``profile_count``
+        one when that additional field is asked for."""
+        if not self.enabled:
+            return (UNLIMITED,)
+        if profile_count:
+            return (self.get(template), self.get(template + PROFILE_COUNT_SUFFIX))
+        return (self.get(template),)
+
+    def budgets(self) -> dict[str, RateBudget]:
+        """The budgets created so far."""
+        with self._lock:
+            return dict(self._budgets)
+
+    def __repr__(self) -> str:
+        return f"RateBudgets(enabled={self.enabled}, margin={self.margin}, time_scale={self.time_scale})"

@@ -1,0 +1,210 @@
+"""What each hook does: install, authorize, sync, status, uninstall.
+
+:mod:`smartpush_plugin_klaviyo.plugin` only forwards to these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import and_, delete, select, update
+
+from hookspecs.interfaces import HostContext
+from hookspecs.types import (
+    AuthorizeResult,
+    IntegrationInfo,
+    IntegrationState,
+    IntegrationStatus,
+    PauseReason,
+    SyncReport,
+)
+from smartpush_plugin_klaviyo import lease, status
+from smartpush_plugin_klaviyo.client import KlaviyoClient
+from smartpush_plugin_klaviyo.errors import (
+    InvalidKeyError,
+    KlaviyoAPIError,
+    KlaviyoPluginError,
+    MissingScopeError,
+    SyncCancelled,
+)
+from smartpush_plugin_klaviyo.ratelimit import RateBudgets
+from smartpush_plugin_klaviyo.state import create_tables, integration_t, run_t, stream_t
+from smartpush_plugin_klaviyo.status import INTEGRATION, PLAN_FEATURE, SECRET_NAME
+from smartpush_plugin_klaviyo.sync import MAX_CONSECUTIVE_ERRORS, SyncOptions, SyncRun
+from smartpush_plugin_klaviyo.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+DAILY = timedelta(days=1)
+DEFAULT_BASE_URL = "https://a.klaviyo.com"
+REQUIRED_READS = (
+    ("/api/profiles", "profiles:read"),
+    ("/api/lists", "lists:read"),
+    ("/api/segments", "segments:read"),
+)
+
+
+def info() -> IntegrationInfo:
+    from smartpush_plugin_klaviyo import __version__
+
+    return IntegrationInfo(
+        name=INTEGRATION,
+        title="Klaviyo",
+        description="Imports Klaviyo profiles, lists and segments and keeps them in sync daily.",
+        version=__version__,
+    )
+
+
+def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
+    """A client for this store's settings: base URL and (for stand-ins) time scale."""
+    settings = ctx.settings or {}
+    base_url = settings.get("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL
+    scale = float(settings.get("KLAVIYO_TIME_SCALE") or 1.0)
+    enabled = (settings.get("KLAVIYO_RATE_LIMITS") or "on").lower() not in ("off", "0", "false", "no")
+    budgets = RateBudgets(time_scale=scale, enabled=enabled)
+    return KlaviyoClient(api_key, base_url=base_url, budgets=budgets)
+
+
+def install(ctx: HostContext) -> IntegrationStatus:
+    create_tables(ctx.storage.engine)
+    with ctx.storage.transaction() as tx:
+        row = status.ensure_row(tx, ctx.store_id)
+        if not row.installed:
+            tx.execute(
+                update(integration_t)
+                .where(integration_t.c.store_id == ctx.store_id)
+                .values(installed=True, installed_at=utcnow(), state=IntegrationState.PENDING_INTEGRATION.value,
+                        pause_reason=None, pause_detail=None)
+            )
+    return status.build_status(ctx)
+
+
+def authorize(ctx: HostContext, api_key: str) -> AuthorizeResult:
+    """Validate the key (it must read profiles, lists and segments), then store it."""
+    api_key = (api_key or "").strip()
+    if not api_key:
+        return AuthorizeResult(ok=False, message="No key given.")
+    install(ctx)
+    missing: list[str] = []
+    try:
+        with make_client(api_key, ctx) as client:
+            for path, scope in REQUIRED_READS:
+                try:
+                    client.get(path, {"page[size]": 1})
+                except MissingScopeError:
+                    missing.append(scope)
+    except InvalidKeyError:
+        return AuthorizeResult(ok=False, message="Klaviyo rejected this key (401): check it is a valid Private API Key.")
+    except KlaviyoAPIError as exc:
+        return AuthorizeResult(ok=False, message=f"Could not validate the key with Klaviyo: {exc.__class__.__name__}; try again.")
+    if missing:
+        return AuthorizeResult(
+            ok=False,
+            message="This key cannot read everything the sync needs; add the read scopes: " + ", ".join(missing),
+            missing_scopes=missing,
+        )
+    ctx.secrets.put(SECRET_NAME, api_key)
+    with ctx.storage.transaction() as tx:
+        tx.execute(
+            update(integration_t)
+            .where(integration_t.c.store_id == ctx.store_id)
+            .values(state=IntegrationState.SYNCING.value, pause_reason=None, pause_detail=None, consecutive_errors=0)
+        )
+    # Due at once: the first import (or the resumption of a paused run) starts at the next tick.
+    ctx.scheduler.schedule(INTEGRATION, every=DAILY, first_run=utcnow())
+    return AuthorizeResult(ok=True, message="Key accepted: profiles, lists and segments are readable.")
+
+
+def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> SyncReport:
+    """Run one sync: checks installation, key, plan and the lease, then runs or resumes."""
+    options = options or SyncOptions()
+    started = utcnow()
+
+    def report(outcome: str, message: str) -> SyncReport:
+        return SyncReport(integration=INTEGRATION, store_id=ctx.store_id, mode=mode, outcome=outcome,
+                          message=message, started_at=started, finished_at=utcnow())
+
+    create_tables(ctx.storage.engine)
+    with ctx.storage.transaction() as tx:
+        row = status.load(tx, ctx.store_id)
+    if row is None or not row.installed:
+        return report("not_installed", "The Klaviyo integration is not installed in this store.")
+    api_key = ctx.secrets.get(SECRET_NAME)
+    if not api_key:
+        return report("paused", "Pending integration: authorize a Klaviyo Private API Key first.")
+    if not ctx.plan.allows(PLAN_FEATURE):
+        status.pause(ctx, PauseReason.PLAN_DOWNGRADED, "The store's plan does not include the Klaviyo integration.")
+        return report("paused", "Sync paused: the store's plan does not include the Klaviyo integration.")
+    if row.state == IntegrationState.SYNC_PAUSED.value and row.pause_reason in (
+        PauseReason.KEY_INVALID.value, PauseReason.MISSING_SCOPE.value,
+    ):
+        return report("paused", f"Sync paused ({row.pause_reason}): replace the Klaviyo key to resume.")
+    if not lease.acquire(ctx.storage, ctx.store_id, options.lease_owner):
+        return report("already_running", "Another worker is syncing this store.")
+    try:
+        with ctx.storage.transaction() as tx:
+            status.set_state(tx, ctx.store_id, IntegrationState.SYNCING)
+        with make_client(api_key, ctx) as client:
+            run = SyncRun(ctx, client, options)
+            try:
+                return run.execute(mode)
+            except InvalidKeyError:
+                status.pause(ctx, PauseReason.KEY_INVALID, "Klaviyo rejected the key (401): it was revoked, expired or is wrong.")
+                return run._report("paused", started, False, "Sync paused: Klaviyo rejected the key.")
+            except MissingScopeError as exc:
+                scopes = ", ".join(exc.scopes) or "a read scope"
+                status.pause(ctx, PauseReason.MISSING_SCOPE, f"The key is missing the scope(s): {scopes}")
+                return run._report("paused", started, False, f"Sync paused: the key is missing {scopes}.")
+            except SyncCancelled as exc:
+                return run._report("cancelled", started, False, str(exc))
+            except Exception as exc:  # noqa: BLE001 - every other failure counts towards a pause
+                return _sync_failed(ctx, run, started, exc)
+    finally:
+        lease.release(ctx.storage, ctx.store_id, options.lease_owner)
+
+
+def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception) -> SyncReport:
+    kind = exc.__class__.__name__
+    log.warning("store %s: sync failed (%s); it will resume from its checkpoint", ctx.store_id, kind,
+                exc_info=not isinstance(exc, KlaviyoPluginError))
+    with ctx.storage.transaction() as tx:
+        tx.execute(
+            update(integration_t)
+            .where(integration_t.c.store_id == ctx.store_id)
+            .values(consecutive_errors=integration_t.c.consecutive_errors + 1)
+        )
+        errors = status.load(tx, ctx.store_id).consecutive_errors
+    detail = str(exc) if isinstance(exc, KlaviyoPluginError) else kind
+    if errors >= MAX_CONSECUTIVE_ERRORS:
+        status.pause(ctx, PauseReason.SYNC_ERROR, f"{errors} consecutive failed syncs; last: {detail}"[:500])
+        return run._report("paused", started, False, f"Sync paused after {errors} failed attempts: {detail}")
+    return run._report("failed", started, False, f"Sync failed ({detail}); it resumes from its checkpoint next time.")
+
+
+def get_status(ctx: HostContext) -> IntegrationStatus:
+    create_tables(ctx.storage.engine)
+    return status.build_status(ctx)
+
+
+def uninstall(ctx: HostContext) -> IntegrationStatus:
+    """Cancel Integration: stop everything now, delete the key, keep the contacts."""
+    create_tables(ctx.storage.engine)
+    ctx.scheduler.unschedule(INTEGRATION)
+    ctx.secrets.delete(SECRET_NAME)
+    with ctx.storage.transaction() as tx:
+        status.ensure_row(tx, ctx.store_id)
+        # A running sync checks the epoch before every write and stops when it changed.
+        tx.execute(
+            update(integration_t)
+            .where(integration_t.c.store_id == ctx.store_id)
+            .values(installed=False, epoch=integration_t.c.epoch + 1, state=IntegrationState.PENDING_INTEGRATION.value,
+                    pause_reason=None, pause_detail=None, current_run_id=None, phase=None)
+        )
+        tx.execute(delete(stream_t).where(stream_t.c.store_id == ctx.store_id))
+        tx.execute(
+            update(run_t)
+            .where(and_(run_t.c.store_id == ctx.store_id, run_t.c.finished_at.is_(None)))
+            .values(finished_at=utcnow(), outcome="cancelled")
+        )
+    return status.build_status(ctx)

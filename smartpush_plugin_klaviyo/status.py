@@ -1,0 +1,88 @@
+"""The integration row: state transitions and the status the merchant sees."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import insert, select, update
+
+from hookspecs.interfaces import HostContext
+from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason
+from smartpush_plugin_klaviyo.state import integration_t, skipped_t, group_t, profile_map_t
+from smartpush_plugin_klaviyo.timeutil import utcnow
+
+INTEGRATION = "klaviyo"
+SECRET_NAME = "klaviyo_private_api_key"
+PLAN_FEATURE = "klaviyo_sync"
+
+
+def load(tx, store_id: str):
+    return tx.execute(select(integration_t).where(integration_t.c.store_id == store_id)).first()
+
+
+def ensure_row(tx, store_id: str):
+    row = load(tx, store_id)
+    if row is None:
+        tx.execute(insert(integration_t).values(store_id=store_id, installed=False, state=IntegrationState.PENDING_INTEGRATION.value))
+        row = load(tx, store_id)
+    return row
+
+
+def set_state(tx, store_id: str, state: IntegrationState, reason: PauseReason | None = None, detail: str | None = None, **extra) -> None:
+    tx.execute(
+        update(integration_t)
+        .where(integration_t.c.store_id == store_id)
+        .values(state=state.value, pause_reason=reason.value if reason else None, pause_detail=detail, **extra)
+    )
+
+
+def pause(ctx: HostContext, reason: PauseReason, detail: str | None = None, **extra) -> None:
+    with ctx.storage.transaction() as tx:
+        set_state(tx, ctx.store_id, IntegrationState.SYNC_PAUSED, reason, detail, **extra)
+
+
+def build_status(ctx: HostContext) -> IntegrationStatus:
+    """Read-only: the stored state plus cheap counts. Never calls Klaviyo."""
+    from sqlalchemy import and_, func
+
+    with ctx.storage.transaction() as tx:
+        row = load(tx, ctx.store_id)
+        if row is None:
+            return IntegrationStatus(
+                integration=INTEGRATION, store_id=ctx.store_id, installed=False,
+                state=IntegrationState.PENDING_INTEGRATION,
+            )
+        skipped = tx.execute(select(func.count()).select_from(skipped_t).where(skipped_t.c.store_id == ctx.store_id)).scalar_one()
+        mapped = tx.execute(select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == ctx.store_id)).scalar_one()
+        groups = tx.execute(select(func.count()).select_from(group_t).where(group_t.c.store_id == ctx.store_id)).scalar_one()
+        contacts = ctx.contacts.count(tx)
+    has_key = ctx.secrets.get(SECRET_NAME) is not None
+    state = IntegrationState(row.state)
+    if not row.installed or (not has_key and state != IntegrationState.SYNC_PAUSED):
+        state = IntegrationState.PENDING_INTEGRATION
+    last_counts = json.loads(row.counts_json or "{}")
+    return IntegrationStatus(
+        integration=INTEGRATION,
+        store_id=ctx.store_id,
+        installed=bool(row.installed),
+        state=state,
+        pause_reason=PauseReason(row.pause_reason) if state == IntegrationState.SYNC_PAUSED and row.pause_reason else None,
+        pause_detail=row.pause_detail if state == IntegrationState.SYNC_PAUSED else None,
+        phase=row.phase,
+        last_sync_started_at=row.last_sync_started_at,
+        last_successful_sync_at=row.last_success_at,
+        next_sync_at=ctx.scheduler.next_run(INTEGRATION) if row.installed else None,
+        counts={
+            "contacts": contacts,
+            "klaviyo_profiles_mapped": mapped,
+            "groups": groups,
+            "skipped": skipped,
+            **{f"last_run_{k}": v for k, v in last_counts.items() if isinstance(v, int)},
+        },
+        extra={
+            "has_key": has_key,
+            "resumable_run": row.current_run_id is not None,
+            "consecutive_errors": row.consecutive_errors,
+            "profiles_watermark": row.profiles_watermark.isoformat() if row.profiles_watermark else None,
+        },
+    )

@@ -1,0 +1,601 @@
+"""The sync engine: one run of one store, full or incremental, resumable.
+
+Shape of a run
+--------------
+1. *Probe*: the newest and oldest ``updated`` timestamps (two one-record requests).
+   The newest becomes the next watermark: it is Klaviyo's own clock at the start of
+   the run, so no local clock skew can make an incremental run miss an update.
+2. *Groups*: every list and segment is read and reconciled (new, renamed, deleted).
+3. *Streams*, concurrently on a thread pool, all sharing the client's rate budgets:
+   profile windows on ``updated`` and membership scans of each group. Fetchers put
+   pages on a bounded queue (memory stays flat); a single writer (this thread)
+   applies each page and its stream checkpoint in one transaction.
+4. *Finish*: removals are applied per group as each complete scan ends, deleted
+   Klaviyo profiles are confirmed and unmapped (full runs), the watermark moves.
+
+A crash at any point leaves the run unfinished; the next call resumes it from the
+checkpoints (pages re-fetched after the last commit are applied idempotently).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, func, insert, select, update
+
+from hookspecs.interfaces import HostContext
+from hookspecs.types import PauseReason, SkippedRecord, SyncReport
+from smartpush_plugin_klaviyo import groups as groups_mod
+from smartpush_plugin_klaviyo import lease, status
+from smartpush_plugin_klaviyo.errors import (
+    BadRequestError,
+    InvalidKeyError,
+    KlaviyoAPIError,
+    KlaviyoPluginError,
+    MissingScopeError,
+    SyncCancelled,
+)
+from smartpush_plugin_klaviyo.state import (
+    group_t,
+    integration_t,
+    membership_t,
+    profile_map_t,
+    run_t,
+    stream_t,
+)
+from smartpush_plugin_klaviyo.streams import (
+    PROFILES_PATH,
+    member_request,
+    profile_request,
+    time_slices,
+)
+from smartpush_plugin_klaviyo.timeutil import format_iso, parse_iso, utcnow
+from smartpush_plugin_klaviyo.writer import PageWriter, RunCounters
+
+log = logging.getLogger(__name__)
+
+OVERLAP = timedelta(minutes=5)
+"""Incremental runs re-read this much before the watermark: updates Klaviyo indexes late
+or stamps in the same second are not missed (the writer dedupes by id)."""
+MAX_CONSECUTIVE_ERRORS = 3
+
+
+@dataclass
+class SyncOptions:
+    """Tuning knobs; defaults suit Klaviyo's published limits."""
+
+    workers: int = 12
+    """Concurrent fetch threads (all share the per-endpoint rate budgets)."""
+    profile_windows: int = 12
+    """Full runs split the profile backfill into this many ``updated`` windows."""
+    members_per_slice: int = 20_000
+    """Groups known to be larger than this are scanned in parallel ``joined_group_at`` slices."""
+    max_member_slices: int = 16
+    queue_pages: int = 48
+    """Pages buffered between fetchers and the writer (bounds memory)."""
+    lease_owner: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+    stop_event: threading.Event | None = None
+    """Set by the host to stop a run early (the run stays resumable)."""
+
+
+class _Stop(Exception):
+    """Internal: a fetcher noticed the run is stopping."""
+
+
+class SyncRun:
+    """One sync run of one store. Use :func:`run_sync`."""
+
+    def __init__(self, ctx: HostContext, client, options: SyncOptions):
+        self.ctx = ctx
+        self.store_id = ctx.store_id
+        self.client = client
+        self.options = options
+        self.stop = threading.Event()
+        self.finished = threading.Event()
+        self.errors: list[BaseException] = []
+        self.pages: queue.Queue = queue.Queue(maxsize=options.queue_pages)
+        self.outstanding = 0
+        self.outstanding_lock = threading.Lock()
+        self.counters = RunCounters()
+        self.epoch: int | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.aborted: BaseException | None = None
+
+    # ------------------------------------------------------------------ entry
+    def execute(self, requested_mode: str) -> SyncReport:
+        started = utcnow()
+        with self.ctx.storage.transaction() as tx:
+            integ = tx.execute(select(integration_t).where(integration_t.c.store_id == self.store_id)).first()
+        self.epoch = integ.epoch
+        run, resumed = self._load_or_create_run(requested_mode, integ)
+        self.run_id, self.gen, self.mode = run["run_id"], run["seq"], run["mode"]
+        self.writer = PageWriter(self.ctx, self.run_id, self.gen, self.counters)
+        watcher = threading.Thread(target=self._watch, name=f"klaviyo-watch-{self.store_id}", daemon=True)
+        watcher.start()
+        try:
+            self._set_phase("groups")
+            self._sync_groups()
+            self._set_phase("profiles_and_memberships")
+            self._run_streams()
+            self._set_phase("finishing")
+            if self.mode == "full":
+                self._confirm_deleted_profiles()
+            self._finish_run(run)
+        finally:
+            self.finished.set()
+            watcher.join(timeout=5)
+        if self.aborted is not None:
+            raise self.aborted
+        return self._report("completed", started, resumed)
+
+    # ----------------------------------------------------------- run records
+    def _load_or_create_run(self, requested_mode: str, integ) -> tuple[dict, bool]:
+        if integ.current_run_id:
+            with self.ctx.storage.transaction() as tx:
+                row = tx.execute(
+                    select(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == integ.current_run_id))
+                ).first()
+            if row is not None and row.finished_at is None:
+                log.info("store %s: resuming run %s (%s)", self.store_id, row.run_id, row.mode)
+                return dict(row._mapping), True
+        mode = "full" if requested_mode == "full" or integ.last_success_at is None else "incremental"
+        newest = self._probe("-updated")
+        oldest = self._probe("updated") if mode == "full" else None
+        previous = integ.profiles_watermark
+        klaviyo_start = newest or previous
+        if newest and previous and previous > newest:
+            klaviyo_start = previous
+        run = {
+            "store_id": self.store_id,
+            "run_id": uuid.uuid4().hex,
+            "seq": integ.run_seq + 1,
+            "mode": mode,
+            "started_at": utcnow(),
+            "klaviyo_start": klaviyo_start,
+            "profiles_since": (previous - OVERLAP) if (mode == "incremental" and previous) else None,
+            "phase": "starting",
+            "report_json": "{}",
+        }
+        if mode == "full":
+            windows = time_slices(oldest, newest, self.options.profile_windows)
+        else:
+            since = run["profiles_since"]
+            windows = [(format_iso(since) if since else None, None)]
+        with self.ctx.storage.transaction() as tx:
+            self._check_epoch(tx)
+            tx.execute(insert(run_t).values(**run))
+            tx.execute(
+                insert(stream_t),
+                [
+                    {
+                        "store_id": self.store_id,
+                        "run_id": run["run_id"],
+                        "key": f"profiles:{i:02d}",
+                        "kind": "profiles",
+                        "lo": lo,
+                        "hi": hi,
+                    }
+                    for i, (lo, hi) in enumerate(windows)
+                ],
+            )
+            tx.execute(
+                update(integration_t)
+                .where(integration_t.c.store_id == self.store_id)
+                .values(current_run_id=run["run_id"], run_seq=run["seq"], last_sync_started_at=run["started_at"])
+            )
+        return run, False
+
+    def _probe(self, sort: str) -> datetime | None:
+        body = self.client.get(
+            PROFILES_PATH, {"sort": sort, "page[size]": 1, "fields[profile]": "updated"}
+        )
+        data = body.get("data") or []
+        if not data:
+            return None
+        return parse_iso(((data[0] or {}).get("attributes") or {}).get("updated"))
+
+    # ------------------------------------------------------------- groups
+    def _sync_groups(self) -> None:
+        found = list(groups_mod.fetch_groups(self.client))
+        with self.ctx.storage.transaction() as tx:
+            self._check_epoch(tx)
+            counts = groups_mod.apply_groups(tx, self.writer, found)
+            for key, value in counts.items():
+                self.counters.counts[key] = value
+
+    # ------------------------------------------------------------ streams
+    def _run_streams(self) -> None:
+        with self.ctx.storage.transaction() as tx:
+            streams = [dict(r._mapping) for r in tx.execute(
+                select(stream_t).where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id))
+            )]
+            groups = [dict(r._mapping) for r in tx.execute(select(group_t).where(group_t.c.store_id == self.store_id))]
+        self.pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix=f"klaviyo-{self.store_id}")
+        try:
+            for s in streams:
+                if s["kind"] == "profiles" and not s["done"]:
+                    self._submit(self._fetch_stream, s)
+            streams_by_group: dict[str, list[dict]] = {}
+            for s in streams:
+                if s["kind"] == "members":
+                    streams_by_group.setdefault(s["group_id"], []).append(s)
+            for g in groups:
+                if g["checked_run"] == self.run_id:
+                    continue  # verified earlier in this (resumed) run
+                existing = streams_by_group.get(g["group_id"])
+                if existing:
+                    pending = [s for s in existing if not s["done"]]
+                    if pending:
+                        for s in pending:
+                            self._submit(self._fetch_stream, s)
+                    else:
+                        self._enqueue(("finalize_group", g["group_id"], None))
+                elif self.mode == "full" or g["scanned_gen"] == 0:
+                    self._submit(self._start_scan, g)
+                elif g["kind"] == "segment" and not g["is_active"]:
+                    # Inactive segments are not processed by Klaviyo: their membership cannot change.
+                    self._enqueue(("group_checked", g["group_id"], None))
+                else:
+                    self._submit(self._check_group, g)
+            self._write_loop()
+        finally:
+            self.stop.set()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.stop.clear()
+        if self.aborted is not None:
+            raise self.aborted
+        if self.errors:
+            raise self.errors[0]
+
+    def _submit(self, fn, *args) -> None:
+        with self.outstanding_lock:
+            self.outstanding += 1
+        self.pool.submit(self._task, fn, *args)
+
+    def _task(self, fn, *args) -> None:
+        try:
+            if not self.stop.is_set():
+                fn(*args)
+        except _Stop:
+            pass
+        except BaseException as exc:  # handed to the writer thread, which re-raises
+            self.errors.append(exc)
+            self.stop.set()
+        finally:
+            self._enqueue(("task_done", None, None), force=True)
+
+    def _enqueue(self, item, force: bool = False) -> None:
+        while True:
+            if self.stop.is_set() and not force:
+                raise _Stop()
+            try:
+                self.pages.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _write_loop(self) -> None:
+        while True:
+            with self.outstanding_lock:
+                idle = self.outstanding == 0
+            if idle and self.pages.empty():
+                return
+            try:
+                kind, key, payload = self.pages.get(timeout=0.5)
+            except queue.Empty:
+                if self.stop.is_set() and self.errors:
+                    return
+                continue
+            if kind == "task_done":
+                with self.outstanding_lock:
+                    self.outstanding -= 1
+                continue
+            if self.stop.is_set() and self.errors:
+                continue  # drain: the run is failing, do not write more
+            if kind == "barrier":
+                payload.set()
+                continue
+            with self.ctx.storage.transaction() as tx:
+                self._check_epoch(tx)
+                if kind == "page":
+                    self._apply_page(tx, key, payload)
+                elif kind == "stream_done":
+                    self._stream_done(tx, key)
+                elif kind == "finalize_group":
+                    self.writer.finalize_group_scan(tx, key)
+                    self._mark_checked(tx, key)
+                elif kind == "group_checked":
+                    self._mark_checked(tx, key)
+                elif kind == "joins":
+                    self.writer.write_members(tx, key, payload, scan=False)
+
+    def _apply_page(self, tx, stream: dict, page: dict) -> None:
+        data = page["data"]
+        if stream["kind"] == "profiles":
+            self.writer.write_profiles(tx, data)
+            last = None
+            for resource in reversed(data):
+                last = ((resource or {}).get("attributes") or {}).get("updated")
+                if last:
+                    break
+        else:
+            self.writer.write_members(tx, stream["group_id"], [r.get("id") for r in data if isinstance(r, dict)])
+            last = None
+        values = {
+            "next_url": page["next_url"],
+            "started": True,
+            "pages": stream_t.c.pages + 1,
+            "records": stream_t.c.records + len(data),
+        }
+        if last:
+            values["last_value"] = last
+        tx.execute(
+            update(stream_t)
+            .where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == stream["key"]))
+            .values(**values)
+        )
+
+    def _stream_done(self, tx, stream: dict) -> None:
+        tx.execute(
+            update(stream_t)
+            .where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == stream["key"]))
+            .values(done=True, next_url=None)
+        )
+        if stream["kind"] != "members":
+            return
+        remaining = tx.execute(
+            select(func.count()).select_from(stream_t).where(
+                and_(
+                    stream_t.c.store_id == self.store_id,
+                    stream_t.c.run_id == self.run_id,
+                    stream_t.c.group_id == stream["group_id"],
+                    stream_t.c.done == False,  # noqa: E712
+                )
+            )
+        ).scalar_one()
+        if remaining == 0:
+            self.writer.finalize_group_scan(tx, stream["group_id"])
+            self._mark_checked(tx, stream["group_id"])
+
+    def _mark_checked(self, tx, group_id: str) -> None:
+        tx.execute(
+            update(group_t)
+            .where(and_(group_t.c.store_id == self.store_id, group_t.c.group_id == group_id))
+            .values(checked_run=self.run_id)
+        )
+
+    # ----------------------------------------------------------- fetchers
+    def _fetch_stream(self, stream: dict) -> None:
+        """Fetch one stream page by page from its checkpoint (fetcher thread)."""
+        url = stream["next_url"] if stream["started"] else None
+        last_value = stream["last_value"]
+        restarts = 0
+        while True:
+            if self.stop.is_set():
+                raise _Stop()
+            try:
+                if url:
+                    body = self.client.get_url(url)
+                else:
+                    path, params = self._first_request(stream, last_value)
+                    body = self.client.get(path, params)
+            except BadRequestError as exc:
+                if url and exc.invalid_cursor and restarts < 3:
+                    # Klaviyo refused the saved cursor: restart from the last value delivered.
+                    restarts += 1
+                    log.warning("store %s: stream %s cursor refused; restarting from its watermark", self.store_id, stream["key"])
+                    url = None
+                    continue
+                raise
+            data = body.get("data") or []
+            next_url = (body.get("links") or {}).get("next")
+            self._enqueue(("page", stream, {"data": data, "next_url": next_url}))
+            if stream["kind"] == "profiles":
+                for resource in reversed(data):
+                    value = ((resource or {}).get("attributes") or {}).get("updated")
+                    if value:
+                        last_value = value
+                        break
+            if not next_url:
+                self._enqueue(("stream_done", stream, None))
+                return
+            url = next_url
+
+    def _first_request(self, stream: dict, last_value: str | None) -> tuple[str, dict]:
+        if stream["kind"] == "profiles":
+            return profile_request(stream["lo"], stream["hi"], after=last_value)
+        kind = "list" if stream["key"].startswith("members:list:") else "segment"
+        return member_request(kind, stream["group_id"], stream["lo"], stream["hi"])
+
+    def _start_scan(self, group: dict) -> None:
+        """Create the scan streams of one group (sliced when it is large) and run them."""
+        slices = 1
+        if group["member_count"] > self.options.members_per_slice:
+            slices = min(self.options.max_member_slices, math.ceil(group["member_count"] / self.options.members_per_slice))
+        start = parse_iso(group["created"]) if group["created"] else None
+        bounds = time_slices(start, utcnow(), slices)
+        rows = [
+            {
+                "store_id": self.store_id,
+                "run_id": self.run_id,
+                "key": f"members:{group['kind']}:{group['group_id']}:{i:02d}",
+                "kind": "members",
+                "group_id": group["group_id"],
+                "lo": lo,
+                "hi": hi,
+            }
+            for i, (lo, hi) in enumerate(bounds)
+        ]
+        with self.ctx.storage.transaction() as tx:
+            self._check_epoch(tx)
+            tx.execute(insert(stream_t), rows)
+        for row in rows:
+            row.update(next_url=None, last_value=None, started=False, done=False, pages=0, records=0)
+            self._submit(self._fetch_stream, row)
+
+    def _check_group(self, group: dict) -> None:
+        """Incremental: recent joins, then the member count tells whether anyone left."""
+        kind, gid = group["kind"], group["group_id"]
+        since = group.get("last_checked_at")
+        with self.ctx.storage.transaction() as tx:
+            run = tx.execute(
+                select(run_t.c.klaviyo_start, run_t.c.profiles_since)
+                .where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
+            ).first()
+        since = run.profiles_since
+        path, params = member_request(kind, gid, format_iso(since) if since else None, None)
+        body = self.client.get(path, params)
+        while True:
+            ids = [r.get("id") for r in body.get("data") or [] if isinstance(r, dict)]
+            if ids:
+                self._enqueue(("joins", gid, ids))
+            next_url = (body.get("links") or {}).get("next")
+            if not next_url:
+                break
+            if self.stop.is_set():
+                raise _Stop()
+            body = self.client.get_url(next_url)
+        done = threading.Event()
+        self._enqueue(("barrier", None, done))
+        while not done.wait(0.2):
+            if self.stop.is_set():
+                raise _Stop()
+        detail = self.client.get(
+            f"/api/{kind}s/{gid}", {f"additional-fields[{kind}]": "profile_count", f"fields[{kind}]": "profile_count"}
+        )
+        count = ((detail.get("data") or {}).get("attributes") or {}).get("profile_count")
+        with self.ctx.storage.transaction() as tx:
+            ours = self.writer.member_count(tx, gid)
+        if isinstance(count, int) and count == ours:
+            self.counters.counts["groups_unchanged"] += 1
+            self._enqueue(("group_checked", gid, None))
+        else:
+            self.counters.counts["groups_rescanned"] += 1
+            self._start_scan(group)
+
+    # ------------------------------------------------------------- finish
+    def _confirm_deleted_profiles(self) -> None:
+        """Full runs: mapped profiles not seen are checked by id; the gone are unmapped."""
+        with self.ctx.storage.transaction() as tx:
+            candidates = list(
+                tx.execute(
+                    select(profile_map_t.c.klaviyo_id).where(
+                        and_(
+                            profile_map_t.c.store_id == self.store_id,
+                            (profile_map_t.c.last_seen_run != self.run_id) | (profile_map_t.c.last_seen_run.is_(None)),
+                        )
+                    )
+                ).scalars()
+            )
+        for start in range(0, len(candidates), 100):
+            chunk = candidates[start : start + 100]
+            ids = ",".join(f"'{k}'" for k in chunk if "'" not in k)
+            body = self.client.get(
+                PROFILES_PATH,
+                {"filter": f"any(id,[{ids}])", "page[size]": 100, "additional-fields[profile]": "subscriptions"},
+            )
+            alive = [r for r in body.get("data") or [] if isinstance(r, dict)]
+            alive_ids = {r.get("id") for r in alive}
+            gone = [k for k in chunk if k not in alive_ids]
+            with self.ctx.storage.transaction() as tx:
+                self._check_epoch(tx)
+                if alive:
+                    self.writer.write_profiles(tx, alive)
+                if gone:
+                    uids = self.writer._uids_of(tx, gone)
+                    tx.execute(delete(membership_t).where(and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(gone))))
+                    tx.execute(delete(profile_map_t).where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(gone))))
+                    self.writer.recompute_tags(tx, uids)
+                    self.counters.counts["profiles_deleted_in_klaviyo"] += len(gone)
+
+    def _finish_run(self, run: dict) -> None:
+        now = utcnow()
+        report = self._report("completed", run["started_at"], False)
+        with self.ctx.storage.transaction() as tx:
+            self._check_epoch(tx)
+            tx.execute(
+                update(run_t)
+                .where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
+                .values(finished_at=now, outcome="completed", phase="done", report_json=report.model_dump_json())
+            )
+            tx.execute(delete(stream_t).where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id)))
+            values = dict(current_run_id=None, phase=None, last_success_at=now, consecutive_errors=0,
+                          counts_json=json.dumps(dict(self.counters.counts)))
+            if run["klaviyo_start"] is not None:
+                values["profiles_watermark"] = run["klaviyo_start"]
+            tx.execute(update(integration_t).where(integration_t.c.store_id == self.store_id).values(**values))
+
+    # ------------------------------------------------------------ helpers
+    def _check_epoch(self, tx) -> None:
+        # FOR UPDATE (PostgreSQL): an uninstall either commits before this write or waits for it.
+        row = tx.execute(
+            select(integration_t.c.epoch, integration_t.c.installed)
+            .where(integration_t.c.store_id == self.store_id)
+            .with_for_update()
+        ).first()
+        if row is None or not row.installed or row.epoch != self.epoch:
+            self.stop.set()
+            raise SyncCancelled("the integration was cancelled")
+
+    def _set_phase(self, phase: str) -> None:
+        with self.ctx.storage.transaction() as tx:
+            self._check_epoch(tx)
+            tx.execute(update(integration_t).where(integration_t.c.store_id == self.store_id).values(phase=phase))
+            tx.execute(update(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id)).values(phase=phase))
+
+    def _watch(self) -> None:
+        """Renew the lease and notice cancellation while the run works."""
+        last_renew = time.monotonic()
+        while not self.finished.wait(0.5):
+            try:
+                with self.ctx.storage.transaction() as tx:
+                    row = tx.execute(
+                        select(integration_t.c.epoch, integration_t.c.installed).where(integration_t.c.store_id == self.store_id)
+                    ).first()
+                if row is None or not row.installed or row.epoch != self.epoch:
+                    self._abort(SyncCancelled("the integration was cancelled"))
+                    return
+                if self.options.stop_event is not None and self.options.stop_event.is_set():
+                    self._abort(SyncCancelled("the host asked the sync to stop"))
+                    return
+                if time.monotonic() - last_renew > 15:
+                    if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner):
+                        self._abort(KlaviyoPluginError("lost the sync lease to another worker"))
+                        return
+                    last_renew = time.monotonic()
+            except Exception:  # a transient database hiccup must not kill the watcher
+                log.debug("watcher check failed", exc_info=True)
+
+    def _abort(self, exc: BaseException) -> None:
+        """Stop every fetcher now, including those waiting for a rate budget or a backoff."""
+        self.errors.append(exc)
+        self.aborted = exc
+        self.stop.set()
+        cancel = getattr(self.client, "cancel", None)
+        if cancel is not None:
+            cancel()
+
+    def _report(self, outcome: str, started: datetime, resumed: bool, message: str = "") -> SyncReport:
+        return SyncReport(
+            integration="klaviyo",
+            store_id=self.store_id,
+            mode=getattr(self, "mode", "full"),
+            outcome=outcome,
+            message=message,
+            started_at=started,
+            finished_at=utcnow(),
+            resumed=resumed,
+            counts=dict(self.counters.counts),
+            requests=dict(getattr(self.client, "stats", {}) or {}),
+            skipped=[SkippedRecord(source_id=k, reason=r) for k, r in self.counters.skipped],
+            warnings=list(self.counters.warnings),
+        )

@@ -1,0 +1,431 @@
+"""Writes fetched pages into the host's contacts and the plugin's tables.
+
+Each method runs inside a transaction the caller opened, together with the
+checkpoint of the stream the page came from: a crash leaves the page either fully
+applied (contacts, id map, memberships, tags, checkpoint) or not at all, and
+re-applying a page is harmless because every write is keyed by Klaviyo id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+
+from hookspecs.interfaces import Contact, HostContext, NewContact
+from smartpush_plugin_klaviyo import mapping
+from smartpush_plugin_klaviyo.state import (
+    event_t,
+    group_t,
+    membership_t,
+    profile_map_t,
+    skipped_t,
+)
+from smartpush_plugin_klaviyo.timeutil import utcnow
+
+TAG_PREFIXES = ("kla_list_", "kla_segment_")
+MAX_REPORTED_SKIPS = 50
+BATCH = 500
+
+
+def _chunks(items: Sequence, size: int = BATCH):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class RunCounters:
+    """Counts of one run, shared by the writer and the engine (writer thread only)."""
+
+    counts: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def skip(self, klaviyo_id: str, reason: str) -> None:
+        self.counts["skipped"] += 1
+        if len(self.skipped) < MAX_REPORTED_SKIPS:
+            self.skipped.append((klaviyo_id, reason))
+
+
+class PageWriter:
+    """Applies pages of one store's sync run. Not thread-safe: one writer per run."""
+
+    def __init__(self, ctx: HostContext, run_id: str, gen: int, counters: RunCounters):
+        self.ctx = ctx
+        self.store_id = ctx.store_id
+        self.run_id = run_id
+        self.gen = gen
+        self.counters = counters
+
+    # ------------------------------------------------------------------ profiles
+    def write_profiles(self, tx, resources: Iterable[dict]) -> None:
+        """Import one page of profile resources (JSON:API dicts)."""
+        store = self.store_id
+        contacts = self.ctx.contacts
+        counts = self.counters.counts
+        by_id: dict[str, mapping.MappedProfile] = {}
+        skips: dict[str, str] = {}
+        for resource in resources:
+            counts["profiles_seen"] += 1
+            result = mapping.map_profile(resource)
+            if isinstance(result, mapping.Skip):
+                if result.klaviyo_id:
+                    skips[result.klaviyo_id] = result.reason
+                    by_id.pop(result.klaviyo_id, None)
+                self.counters.skip(result.klaviyo_id or "(no id)", result.reason)
+                continue
+            by_id[result.klaviyo_id] = result  # last one wins within a page
+            skips.pop(result.klaviyo_id, None)
+        if skips:
+            self._record_skips(tx, skips)
+        if not by_id:
+            return
+        kids = list(by_id)
+        known = {
+            row.klaviyo_id: row
+            for row in tx.execute(
+                select(
+                    profile_map_t.c.klaviyo_id,
+                    profile_map_t.c.contact_uid,
+                    profile_map_t.c.is_primary,
+                    profile_map_t.c.owned_fields,
+                ).where(and_(profile_map_t.c.store_id == store, profile_map_t.c.klaviyo_id.in_(kids)))
+            )
+        }
+        unmapped = [m for m in by_id.values() if m.klaviyo_id not in known]
+        by_email = contacts.find_by_emails(tx, {m.email_key for m in unmapped if m.email_key}) if unmapped else {}
+        by_phone = contacts.find_by_phones(tx, {m.phone for m in unmapped if m.phone}) if unmapped else {}
+        candidate_uids: set[str] = {row.contact_uid for row in known.values()}
+        for uids in list(by_email.values()) + list(by_phone.values()):
+            candidate_uids.update(uids)
+        # Which existing contacts already carry a Klaviyo profile (so a new match is a duplicate)?
+        mapped_owner: dict[str, str] = {}
+        if unmapped and candidate_uids:
+            for row in tx.execute(
+                select(profile_map_t.c.contact_uid, profile_map_t.c.klaviyo_id)
+                .where(
+                    and_(
+                        profile_map_t.c.store_id == store,
+                        profile_map_t.c.contact_uid.in_(list(candidate_uids)),
+                        profile_map_t.c.is_primary == True,  # noqa: E712
+                    )
+                )
+            ):
+                mapped_owner.setdefault(row.contact_uid, row.klaviyo_id)
+        loaded = contacts.get_many(tx, list(candidate_uids)) if candidate_uids else {}
+        originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
+        for c in originals.values():
+            c.properties = dict(c.properties)
+        pending: dict[str, Contact] = {}  # temporary uid -> draft of a contact to create
+        page_email: dict[str, str] = {}
+        page_phone: dict[str, str] = {}
+        map_updates: list[dict] = []
+        map_inserts: list[dict] = []
+        events: list[tuple[str, str]] = []
+        for m in by_id.values():
+            row = known.get(m.klaviyo_id)
+            created = False
+            if row is not None:
+                uid, primary = row.contact_uid, bool(row.is_primary)
+                owned = set(filter(None, (row.owned_fields or "").split(",")))
+            else:
+                uid, via, owned = None, None, set()
+                if m.email_key:
+                    uid = _first(by_email.get(m.email_key)) or page_email.get(m.email_key)
+                    via = "email" if uid else None
+                if uid is None and m.phone:
+                    uid = _first(by_phone.get(m.phone)) or page_phone.get(m.phone)
+                    via = "phone" if uid else None
+                if uid is None:
+                    created = True
+                elif uid.startswith("pending:") or uid in mapped_owner:
+                    # Same email/phone as another Klaviyo profile: one contact, both ids mapped, reported.
+                    primary = False
+                    other = mapped_owner.get(uid) or next(
+                        (r["klaviyo_id"] for r in map_inserts if r["contact_uid"] == uid), "?"
+                    )
+                    counts["duplicate_profiles"] += 1
+                    events.append(
+                        (
+                            "duplicate_profile",
+                            f"Klaviyo profile {m.klaviyo_id} has the same {via} as profile {other}; "
+                            f"both are mapped to contact {uid}",
+                        )
+                    )
+                else:
+                    primary = True  # an existing SmartPush contact: merged, never clobbered
+                    counts["contacts_merged"] += 1
+            target = None if created else (pending.get(uid) or loaded.get(uid))
+            if target is None:
+                # A new contact, or a mapped contact the merchant deleted from the host: create it.
+                if not created:
+                    counts["contacts_recreated"] += 1
+                uid = f"pending:{len(pending)}"
+                draft = mapping.new_contact(m)
+                pending[uid] = Contact(uid=uid, **{k: getattr(draft, k) for k in _NEW_FIELDS})
+                owned = {f for f in _STANDARD if getattr(pending[uid], f)}
+                primary = True
+                counts["contacts_created"] += 1
+            else:
+                merged, owned, _notes = mapping.merge_into(target, m, owned_fields=owned, primary=primary)
+                if uid in pending:
+                    pending[uid] = merged
+                else:
+                    loaded[uid] = merged
+            if row is None and primary:
+                mapped_owner.setdefault(uid, m.klaviyo_id)
+            if m.email_key:
+                page_email.setdefault(m.email_key, uid)
+            if m.phone:
+                page_phone.setdefault(m.phone, uid)
+            values = {
+                "store_id": store,
+                "klaviyo_id": m.klaviyo_id,
+                "contact_uid": uid,
+                "is_primary": primary,
+                "owned_fields": ",".join(sorted(owned)),
+                "profile_updated": m.updated.isoformat() if m.updated else None,
+                "last_seen_run": self.run_id,
+            }
+            (map_updates if row is not None else map_inserts).append(values)
+        # Create new contacts, then resolve their temporary uids.
+        if pending:
+            temp_ids = list(pending)
+            new_uids = contacts.create_many(
+                tx, [NewContact(**{k: getattr(pending[t], k) for k in _NEW_FIELDS}) for t in temp_ids]
+            )
+            real = dict(zip(temp_ids, new_uids))
+            for values in map_inserts + map_updates:
+                values["contact_uid"] = real.get(values["contact_uid"], values["contact_uid"])
+            events = [(k, _replace_pending(d, real)) for k, d in events]
+        changed = [c for uid, c in loaded.items() if c != originals.get(uid)]
+        if changed:
+            contacts.update_many(tx, changed)
+            counts["contacts_updated"] += len(changed)
+        if map_inserts:
+            tx.execute(insert(profile_map_t), map_inserts)
+        if map_updates:
+            tx.execute(
+                update(profile_map_t)
+                .where(
+                    and_(
+                        profile_map_t.c.store_id == bindparam("b_store"),
+                        profile_map_t.c.klaviyo_id == bindparam("b_kid"),
+                    )
+                )
+                .values(
+                    owned_fields=bindparam("owned_fields"),
+                    profile_updated=bindparam("profile_updated"),
+                    last_seen_run=bindparam("last_seen_run"),
+                ),
+                [
+                    {
+                        "b_store": v["store_id"],
+                        "b_kid": v["klaviyo_id"],
+                        "owned_fields": v["owned_fields"],
+                        "profile_updated": v["profile_updated"],
+                        "last_seen_run": v["last_seen_run"],
+                    }
+                    for v in map_updates
+                ],
+            )
+        imported = kids
+        tx.execute(
+            delete(skipped_t).where(and_(skipped_t.c.store_id == store, skipped_t.c.klaviyo_id.in_(imported)))
+        )
+        if events:
+            self._record_events(tx, events)
+        counts["profiles_imported"] += len(kids)
+        if map_inserts:
+            # Newly mapped profiles may already be members of groups scanned earlier.
+            self.recompute_tags(tx, {v["contact_uid"] for v in map_inserts})
+
+    def _record_skips(self, tx, skips: dict[str, str]) -> None:
+        ids = list(skips)
+        # A mapped profile that is skipped now still exists in Klaviyo: not a deletion.
+        tx.execute(
+            update(profile_map_t)
+            .where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(ids)))
+            .values(last_seen_run=self.run_id)
+        )
+        tx.execute(delete(skipped_t).where(and_(skipped_t.c.store_id == self.store_id, skipped_t.c.klaviyo_id.in_(ids))))
+        now = utcnow()
+        tx.execute(
+            insert(skipped_t),
+            [
+                {"store_id": self.store_id, "klaviyo_id": kid, "reason": reason[:500], "run_id": self.run_id, "seen_at": now}
+                for kid, reason in skips.items()
+            ],
+        )
+
+    def _record_events(self, tx, events: list[tuple[str, str]]) -> None:
+        now = utcnow()
+        tx.execute(
+            insert(event_t),
+            [{"store_id": self.store_id, "run_id": self.run_id, "kind": k, "detail": d[:1000], "at": now} for k, d in events],
+        )
+
+    def record_event(self, tx, kind: str, detail: str) -> None:
+        self._record_events(tx, [(kind, detail)])
+
+    # --------------------------------------------------------------- memberships
+    def write_members(self, tx, group_id: str, klaviyo_ids: Sequence[str], *, scan: bool = True) -> None:
+        """Record one page of a group's member ids.
+
+        ``scan=True``: the page is part of a complete scan, so the ids are marked seen in
+        this run (members not seen by the end of the scan have left). ``scan=False``:
+        recent joins only; new rows are added but nothing is marked seen.
+        """
+        store = self.store_id
+        kids = list(dict.fromkeys(k for k in klaviyo_ids if isinstance(k, str) and k))
+        if not kids:
+            return
+        self.counters.counts["memberships_seen"] += len(kids)
+        existing = set(
+            tx.execute(
+                select(membership_t.c.klaviyo_id).where(
+                    and_(
+                        membership_t.c.store_id == store,
+                        membership_t.c.group_id == group_id,
+                        membership_t.c.klaviyo_id.in_(kids),
+                    )
+                )
+            ).scalars()
+        )
+        if existing and scan:
+            tx.execute(
+                update(membership_t)
+                .where(
+                    and_(
+                        membership_t.c.store_id == store,
+                        membership_t.c.group_id == group_id,
+                        membership_t.c.klaviyo_id.in_(list(existing)),
+                    )
+                )
+                .values(seen_gen=self.gen)
+            )
+        new = [k for k in kids if k not in existing]
+        if new:
+            tx.execute(
+                insert(membership_t),
+                [
+                    {"store_id": store, "group_id": group_id, "klaviyo_id": k, "seen_gen": self.gen if scan else 0}
+                    for k in new
+                ],
+            )
+            self.counters.counts["memberships_added"] += len(new)
+            self.recompute_tags(tx, self._uids_of(tx, new))
+
+    def finalize_group_scan(self, tx, group_id: str) -> int:
+        """After a complete scan: members not seen in this run left the group."""
+        store = self.store_id
+        stale = list(
+            tx.execute(
+                select(membership_t.c.klaviyo_id).where(
+                    and_(
+                        membership_t.c.store_id == store,
+                        membership_t.c.group_id == group_id,
+                        membership_t.c.seen_gen < self.gen,
+                    )
+                )
+            ).scalars()
+        )
+        for chunk in _chunks(stale):
+            tx.execute(
+                delete(membership_t).where(
+                    and_(
+                        membership_t.c.store_id == store,
+                        membership_t.c.group_id == group_id,
+                        membership_t.c.klaviyo_id.in_(chunk),
+                    )
+                )
+            )
+            self.recompute_tags(tx, self._uids_of(tx, chunk))
+        self.counters.counts["memberships_removed"] += len(stale)
+        count = self.member_count(tx, group_id)
+        tx.execute(
+            update(group_t)
+            .where(and_(group_t.c.store_id == store, group_t.c.group_id == group_id))
+            .values(scanned_gen=self.gen, member_count=count)
+        )
+        return len(stale)
+
+    def member_count(self, tx, group_id: str) -> int:
+        return tx.execute(
+            select(func.count()).select_from(membership_t).where(
+                and_(membership_t.c.store_id == self.store_id, membership_t.c.group_id == group_id)
+            )
+        ).scalar_one()
+
+    def _uids_of(self, tx, klaviyo_ids: Sequence[str]) -> set[str]:
+        uids: set[str] = set()
+        for chunk in _chunks(list(klaviyo_ids)):
+            uids.update(
+                tx.execute(
+                    select(profile_map_t.c.contact_uid).where(
+                        and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(chunk))
+                    )
+                ).scalars()
+            )
+        return uids
+
+    # ---------------------------------------------------------------------- tags
+    def recompute_tags(self, tx, uids: Iterable[str]) -> None:
+        """Make the Klaviyo tags of these contacts exactly what their memberships say.
+
+        Idempotent reconciliation instead of incremental add/remove, so a contact fed by
+        two Klaviyo profiles keeps a tag while either is still a member.
+        """
+        uid_list = sorted(set(uids))
+        for chunk in _chunks(uid_list):
+            desired: dict[str, set[str]] = defaultdict(set)
+            rows = tx.execute(
+                select(profile_map_t.c.contact_uid, group_t.c.tag)
+                .select_from(
+                    profile_map_t.join(
+                        membership_t,
+                        and_(
+                            membership_t.c.store_id == profile_map_t.c.store_id,
+                            membership_t.c.klaviyo_id == profile_map_t.c.klaviyo_id,
+                        ),
+                    ).join(
+                        group_t,
+                        and_(group_t.c.store_id == membership_t.c.store_id, group_t.c.group_id == membership_t.c.group_id),
+                    )
+                )
+                .where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.contact_uid.in_(chunk)))
+            )
+            for uid, tag in rows:
+                desired[uid].add(tag)
+            current = self.ctx.contacts.tags_of(tx, chunk)
+            add, remove = [], []
+            for uid in chunk:
+                have = {t for t in current.get(uid, ()) if t.startswith(TAG_PREFIXES)}
+                want = desired.get(uid, set())
+                add.extend((uid, t) for t in want - have)
+                remove.extend((uid, t) for t in have - want)
+            if add:
+                self.ctx.contacts.add_tags(tx, add)
+            if remove:
+                self.ctx.contacts.remove_tags(tx, remove)
+
+
+_STANDARD = ("email", "phone", "name", "country")
+_NEW_FIELDS = ("email", "phone", "name", "country", "email_subscription", "sms_subscription", "properties")
+
+
+def _first(uids: list[str] | None) -> str | None:
+    return sorted(uids)[0] if uids else None
+
+
+def _replace_pending(text: str, real: dict[str, str]) -> str:
+    for temp, uid in sorted(real.items(), key=lambda item: -len(item[0])):
+        text = text.replace(temp, uid)
+    return text
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,61 @@
+"""Shared fixtures: real databases, a real Klaviyo stand-in over HTTP, a fresh plugin manager.
+
+``SMARTPUSH_TEST_DATABASE=postgres`` (the tox ``postgres`` environment) runs every test
+that uses ``db_url`` on a fresh PostgreSQL database; the server comes from
+``SMARTPUSH_TEST_POSTGRES_URL`` or is started by ``scripts/start-postgres.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _postgres_admin_url() -> str:
+    url = os.environ.get("SMARTPUSH_TEST_POSTGRES_URL")
+    if url:
+        return url
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "start-postgres.sh")], check=True, capture_output=True, text=True
+    ).stdout
+    url = out.strip().split("=", 1)[1]
+    os.environ["SMARTPUSH_TEST_POSTGRES_URL"] = url
+    return url
+
+
+def using_postgres() -> bool:
+    return os.environ.get("SMARTPUSH_TEST_DATABASE", "sqlite").lower() == "postgres"
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database."""
+    if not using_postgres():
+        yield f"sqlite:///{tmp_path / 'smartpush.db'}"
+        return
+    from sqlalchemy import create_engine, text
+
+    admin = _postgres_admin_url()
+    name = f"sp_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = admin.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def spec_path() -> Path:
+    path = Path(os.environ.get("KLAVIYO_OPENAPI_SPEC", ROOT.parent / "shared" / "klaviyo" / "openapi" / "stable.json"))
+    if not path.exists():
+        pytest.skip(f"Klaviyo OpenAPI spec not found at {path}")
+    return path

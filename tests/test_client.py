@@ -1,0 +1,427 @@
+"""KlaviyoClient and pagination over real HTTP on 127.0.0.1 (no HTTP mocks)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import httpx
+import pytest
+
+from smartpush_plugin_klaviyo.client import KlaviyoClient, endpoint_template
+from smartpush_plugin_klaviyo.errors import (
+    BadRequestError,
+    ConfigurationError,
+    ForeignURLError,
+    InvalidKeyError,
+    KlaviyoAPIError,
+    MissingScopeError,
+    NotFoundError,
+    RateLimitedError,
+    SyncCancelled,
+    TransientError,
+)
+from smartpush_plugin_klaviyo.pagination import (
+    Page,
+    and_,
+    equals,
+    fetch_page,
+    greater_or_equal,
+    greater_than,
+    iter_pages,
+    less_or_equal,
+    less_than,
+)
+from smartpush_plugin_klaviyo.ratelimit import RateBudgets
+
+from _scripted_server import ScriptedServer
+
+KEY = "pk_0123456789abcdef0123456789abcdef01"
+
+
+def jsonapi_error(status, code, detail, parameter=None):
+    err = {"id": "e1", "status": status, "code": code, "title": code.replace("_", " "), "detail": detail}
+    if parameter:
+        err["source"] = {"parameter": parameter}
+    return {"errors": [err]}
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer(profiles=250) as srv:
+        yield srv
+
+
+def fast_client(server, **kw) -> KlaviyoClient:
+    kw.setdefault("budgets", RateBudgets(time_scale=100.0))
+    kw.setdefault("max_retries", 4)
+    kw.setdefault("backoff_initial", 0.5)
+    kw.setdefault("timeout", 2.0)
+    return KlaviyoClient(KEY, base_url=server.base_url, **kw)
+
+
+def assert_no_secret(*texts):
+    for text in texts:
+        assert KEY not in text
+        assert KEY[3:20] not in text
+        assert "@example.com" not in text
+        assert "5550123" not in text
+
+
+# ---------------------------------------------------------------- basics
+def test_headers_params_and_stats(server):
+    with fast_client(server) as client:
+        body = client.get("/api/profiles", {"page[size]": 5, "fields[profile]": ["email", "updated"], "skip": None})
+        assert [r["id"] for r in body["data"]] == [f"P{i:05d}" for i in range(5)]
+        req = server.requests[-1]
+        assert req["headers"]["Authorization"] == f"Klaviyo-API-Key {KEY}"
+        assert req["headers"]["revision"] == "2026-07-15"
+        assert req["headers"]["Accept"] == "application/vnd.api+json"
+        assert "smartpush-plugin-klaviyo" in req["headers"]["User-Agent"]
+        assert "fields%5Bprofile%5D=email%2Cupdated" in req["path"] or "fields[profile]=email,updated" in req["path"]
+        assert "skip" not in req["path"]
+        client.get("/api/lists/AbC123", {"fields[list]": "name"})
+        client.get("/api/lists/XyZ/relationships/profiles")
+        stats = client.stats
+        assert stats["GET /api/profiles"] == 1
+        assert stats["GET /api/lists/{id}"] == 1
+        assert stats["GET /api/lists/{id}/relationships/profiles"] == 1
+        assert stats["429"] == 0 and stats["retries"] == 0 and stats["errors"] == 0
+        assert KEY not in repr(client) and KEY not in str(client)
+
+
+def test_endpoint_template():
+    assert endpoint_template("/api/lists/XyZ/relationships/profiles") == "/api/lists/{id}/relationships/profiles"
+    assert endpoint_template("/api/segments/Q1/?page%5Bcursor%5D=abc") == "/api/segments/{id}"
+    assert endpoint_template("/api/profiles/") == "/api/profiles"
+
+
+def test_predictive_analytics_is_never_requested(server):
+    with fast_client(server) as client:
+        with pytest.raises(ConfigurationError):
+            client.get("/api/profiles", {"additional-fields[profile]": "subscriptions,predictive_analytics"})
+        with pytest.raises(ConfigurationError):
+            client.get("/api/profiles", {"additional-fields[profile]": ["predictive_analytics"]})
+        with pytest.raises(ConfigurationError):
+            client.get_url(server.base_url + "/api/profiles/?additional-fields%5Bprofile%5D=predictive_analytics")
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------- errors
+def test_401_is_invalid_key_and_not_retried(server):
+    server.push(401, jsonapi_error(401, "not_authenticated", f"Incorrect authentication credentials {KEY}."))
+    with fast_client(server) as client:
+        with pytest.raises(InvalidKeyError) as ei:
+            client.get("/api/profiles")
+        assert client.stats["errors"] == 1 and client.stats["retries"] == 0
+    assert len(server.requests) == 1
+    exc = ei.value
+    assert exc.status == 401 and exc.endpoint == "/api/profiles" and exc.code == "not_authenticated"
+    assert_no_secret(str(exc), repr(exc), exc.detail)
+    assert isinstance(exc, KlaviyoAPIError)
+
+
+def test_json_403_is_missing_scope_with_scopes(server):
+    server.push(403, jsonapi_error(403, "permission_denied", "This API key is missing required scopes: segments:read"))
+    with fast_client(server) as client:
+        with pytest.raises(MissingScopeError) as ei:
+            client.get("/api/lists/AbC/relationships/profiles")
+    assert len(server.requests) == 1
+    assert ei.value.scopes == ["lists:read", "profiles:read", "segments:read"]
+    assert ei.value.status == 403 and ei.value.code == "permission_denied"
+    assert "lists:read" in str(ei.value)
+
+
+def test_html_403_is_not_a_scope_error_and_is_retried(server):
+    html = "<html><body><h1>Attention Required! | Cloudflare</h1></body></html>"
+    server.push(403, html, {"Content-Type": "text/html"}, count=2)
+    with fast_client(server) as client:
+        body = client.get("/api/profiles", {"page[size]": 1})
+        assert len(body["data"]) == 1
+        assert client.stats["retries"] == 2
+    assert len(server.requests) == 3
+
+
+def test_html_403_forever_ends_as_transient(server):
+    server.push(403, "<html>blocked</html>", {"Content-Type": "text/html"}, count=10)
+    with fast_client(server, max_retries=2) as client:
+        with pytest.raises(TransientError) as ei:
+            client.get("/api/profiles")
+        assert not isinstance(ei.value, MissingScopeError)
+        assert client.stats["retries"] == 2 and client.stats["errors"] == 1
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 524])
+def test_5xx_are_retried(server, status):
+    server.push(status, {"errors": [{"status": status, "code": "error", "detail": "server error"}]}, count=2)
+    with fast_client(server) as client:
+        assert client.get("/api/profiles", {"page[size]": 2})["data"]
+        assert client.stats["retries"] == 2
+    assert len(server.requests) == 3
+
+
+def test_retries_are_bounded_by_count_and_time(server):
+    server.push(503, "", count=50)
+    with fast_client(server, max_retries=3) as client:
+        with pytest.raises(TransientError) as ei:
+            client.get("/api/profiles")
+        assert ei.value.status == 503
+    assert len(server.requests) == 4
+    n = len(server.requests)
+    t0 = time.monotonic()
+    with fast_client(server, max_retries=1000, max_retry_time=0.3, budgets=RateBudgets(time_scale=10)) as client:
+        with pytest.raises(TransientError):
+            client.get("/api/profiles")
+    assert time.monotonic() - t0 < 1.0
+    assert len(server.requests) - n >= 2
+
+
+def test_429_honours_retry_after_and_penalizes(server):
+    server.push(429, jsonapi_error(429, "throttled", "Request was throttled."), {"Retry-After": "3"})
+    budgets = RateBudgets(time_scale=10.0, header_scale=10.0)  # Retry-After 3 → 0.3 s
+    with fast_client(server, budgets=budgets) as client:
+        client.get("/api/profiles", {"page[size]": 1})
+        assert client.stats["429"] == 1 and client.stats["retries"] == 1
+        assert budgets.get("/api/profiles").penalties == 1
+    first, second = server.requests[0]["time"], server.requests[1]["time"]
+    assert second - first >= 0.3
+
+
+def test_429_without_budgets_still_waits_retry_after(server):
+    server.push(429, "", {"Retry-After": "1"})
+    with fast_client(server, budgets=RateBudgets(enabled=False, time_scale=5.0, header_scale=5.0)) as client:
+        client.get("/api/profiles")
+    assert server.requests[1]["time"] - server.requests[0]["time"] >= 0.2
+
+
+def test_429_forever_ends_as_rate_limited(server):
+    server.push(429, "", {"Retry-After": "1"}, count=10)
+    with fast_client(server, max_retries=2, budgets=RateBudgets(time_scale=100, header_scale=100)) as client:
+        with pytest.raises(RateLimitedError) as ei:
+            client.get("/api/profiles")
+    assert ei.value.retry_after == 1.0
+    assert len(server.requests) == 3
+
+
+def test_400_invalid_cursor_is_not_retried(server):
+    server.push(400, jsonapi_error(400, "invalid", "Invalid page cursor", parameter="page[cursor]"))
+    server.push(400, jsonapi_error(400, "invalid", "'foo' is not a valid field for the resource 'profile'."))
+    with fast_client(server) as client:
+        with pytest.raises(BadRequestError) as ei:
+            client.get_url(server.base_url + "/api/profiles/?page%5Bcursor%5D=bogus")
+        assert ei.value.invalid_cursor is True
+        with pytest.raises(BadRequestError) as ei:
+            client.get("/api/profiles", {"fields[profile]": "foo"})
+        assert ei.value.invalid_cursor is False
+    assert len(server.requests) == 2
+
+
+def test_404_is_not_found(server):
+    server.push(404, jsonapi_error(404, "not_found", "A list with id XyZ does not exist."))
+    with fast_client(server) as client:
+        with pytest.raises(NotFoundError) as ei:
+            client.get("/api/lists/XyZ")
+    assert ei.value.endpoint == "/api/lists/{id}"
+    assert len(server.requests) == 1
+
+
+def test_connection_reset_and_timeout_are_retried(server):
+    server.push(kind="reset")
+    server.push(kind="sleep", delay=0.6)
+    with fast_client(server, timeout=httpx.Timeout(0.3, connect=1.0)) as client:
+        assert client.get("/api/profiles", {"page[size]": 3})["data"]
+        assert client.stats["retries"] == 2
+    assert len(server.requests) == 3
+
+
+def test_connection_refused_ends_as_transient():
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with KlaviyoClient(KEY, base_url=f"http://127.0.0.1:{port}", max_retries=2,
+                       budgets=RateBudgets(time_scale=100)) as client:
+        with pytest.raises(TransientError) as ei:
+            client.get("/api/profiles")
+    assert ei.value.status is None
+    assert KEY not in str(ei.value) and KEY not in repr(ei.value)
+
+
+def test_non_json_success_is_transient(server):
+    server.push(200, "<html>maintenance</html>", {"Content-Type": "text/html"})
+    with fast_client(server) as client:
+        assert client.get("/api/profiles")["data"] is not None
+    assert len(server.requests) == 2
+
+
+def test_cancel_interrupts_waits(server):
+    server.push(429, "", {"Retry-After": "30"})
+    client = fast_client(server, budgets=RateBudgets(time_scale=1.0))
+    threading.Timer(0.2, client.cancel).start()
+    t0 = time.monotonic()
+    with pytest.raises(SyncCancelled):
+        client.get("/api/profiles")
+    assert time.monotonic() - t0 < 2
+    client.close()
+
+
+# ----------------------------------------------------------- next-URL host check
+def test_get_url_refuses_other_origins(server):
+    with ScriptedServer() as other:
+        host_port = server.base_url.split("//")[1]
+        bad = [
+            other.base_url + "/api/profiles/?page%5Bcursor%5D=1",  # other port
+            f"https://{host_port}/api/profiles/",  # other scheme
+            f"http://localhost:{server.port}/api/profiles/",  # other host
+            "https://a.klaviyo.com/api/profiles/",
+            "//evil.example/api/profiles",
+            "ftp://127.0.0.1/api/profiles",
+        ]
+        with fast_client(server) as client:
+            for url in bad:
+                with pytest.raises(ForeignURLError):
+                    client.get_url(url)
+            assert client.get_url(server.base_url + "/api/profiles/?page%5Bsize%5D=2")["data"]
+            assert client.get_url("/api/profiles/?page%5Bsize%5D=2")["data"]
+        assert other.requests == []
+    assert len(server.requests) == 2
+
+
+def test_pagination_stops_at_a_foreign_next_link():
+    with ScriptedServer() as other, ScriptedServer(profiles=30, page_host=None) as srv:
+        srv.page_host = other.base_url
+        with fast_client(srv) as client:
+            pages = iter_pages(client, "/api/profiles", {"page[size]": 10})
+            assert len(next(pages).data) == 10
+            with pytest.raises(ForeignURLError):
+                next(pages)
+        assert other.requests == []
+
+
+# ------------------------------------------------------------ secrets in logs
+def test_key_and_pii_never_logged_or_in_errors(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    detail = f"Bad key {KEY} for jane.doe@example.com, +1 (415) 555-0123"
+    server.push(503, "", count=1)
+    server.push(429, "", {"Retry-After": "0"})
+    server.push(400, jsonapi_error(400, "invalid", detail))
+    errors = []
+    with fast_client(server) as client:
+        try:
+            client.get("/api/profiles", {"filter": equals("id", "P1")})
+        except BadRequestError as exc:
+            errors.append(exc)
+        server.push(401, jsonapi_error(401, "not_authenticated", detail))
+        try:
+            client.get("/api/profiles")
+        except InvalidKeyError as exc:
+            errors.append(exc)
+        server.push(403, jsonapi_error(403, "permission_denied", detail))
+        try:
+            client.get("/api/profiles")
+        except MissingScopeError as exc:
+            errors.append(exc)
+        assert_no_secret(repr(client), str(client.stats))
+    assert len(errors) == 3
+    for exc in errors:
+        assert_no_secret(str(exc), repr(exc), str(exc.detail), str(exc.args))
+    assert caplog.records, "retries should be logged"
+    assert_no_secret(caplog.text)
+    for record in caplog.records:
+        assert_no_secret(record.getMessage(), str(record.args))
+
+
+# ------------------------------------------------------------ rate budgets
+def test_profile_count_uses_its_own_stricter_budget(server):
+    budgets = RateBudgets(time_scale=20.0)  # profile_count: 1 per 0.05 s, 13 per 3 s
+    with fast_client(server, budgets=budgets) as client:
+        for _ in range(3):
+            client.get("/api/lists/AbC", {"additional-fields[list]": "profile_count"})
+        client.get_url(server.base_url + "/api/segments/Q1?additional-fields%5Bsegment%5D=profile_count")
+        client.get_url(server.base_url + "/api/segments/Q1?additional-fields%5Bsegment%5D=profile_count")
+        for _ in range(5):
+            client.get("/api/lists/AbC")
+    times = [r["time"] for r in server.requests]
+    assert times[1] - times[0] >= 0.045 and times[2] - times[1] >= 0.045
+    assert times[4] - times[3] >= 0.045
+    assert times[-1] - times[-5] < 0.045  # plain detail requests do not wait
+    assert budgets.get("/api/lists/{id}+profile_count").granted == 3
+
+
+def test_threads_share_one_client(server):
+    with fast_client(server, budgets=RateBudgets(enabled=False)) as client:
+        errors = []
+
+        def work():
+            try:
+                for _ in range(25):
+                    assert client.get("/api/profiles", {"page[size]": 2})["data"]
+            except Exception as exc:  # pragma: no cover
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert client.stats["GET /api/profiles"] == 200
+
+
+def test_client_overhead_is_small(server):
+    """Our layer (budget, stats, retry wrapper, mapping) adds well under 1 ms per request."""
+    n = 300
+    with httpx.Client(base_url=server.base_url) as raw:
+        raw.get("/api/profiles")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            raw.get("/api/profiles", params={"page[size]": 1}).json()
+        raw_per = (time.perf_counter() - t0) / n
+    with fast_client(server, budgets=RateBudgets(time_scale=1000.0)) as client:
+        client.get("/api/profiles")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.get("/api/profiles", {"page[size]": 1})
+        ours_per = (time.perf_counter() - t0) / n
+    assert ours_per - raw_per < 0.001, (ours_per, raw_per)
+
+
+# --------------------------------------------------------------- pagination
+def test_iter_pages_follows_links_next(server):
+    with fast_client(server) as client:
+        pages = list(iter_pages(client, "/api/profiles", {"page[size]": 100}))
+    assert [len(p.data) for p in pages] == [100, 100, 50]
+    assert pages[-1].next_url is None and pages[0].next_url
+    ids = [r["id"] for p in pages for r in p.data]
+    assert ids == [f"P{i:05d}" for i in range(250)]
+    assert all(isinstance(p, Page) and p.self_url for p in pages)
+
+
+def test_resume_from_saved_next_url(server):
+    with fast_client(server) as client:
+        first = fetch_page(client, "/api/profiles", {"page[size]": 100})
+        saved = first.next_url
+        second = fetch_page(client, saved)
+        rest = list(iter_pages(client, "/api/profiles", start_url=saved))
+    assert [r["id"] for r in second.data] == [r["id"] for r in rest[0].data]
+    assert sum(len(p.data) for p in rest) == 150
+
+
+def test_filter_builders():
+    from datetime import datetime, timedelta, timezone
+
+    lo = datetime(2026, 1, 2, 3, 4, 5, 123456)
+    hi = datetime(2026, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    assert greater_than("updated", lo) == "greater-than(updated,2026-01-02T03:04:05.123456+00:00)"
+    assert less_than("updated", hi) == "less-than(updated,2026-01-02T03:04:05.000000+00:00)"
+    assert greater_or_equal("joined_group_at", lo).startswith("greater-or-equal(joined_group_at,2026-")
+    assert less_or_equal("joined_group_at", lo).startswith("less-or-equal(joined_group_at,")
+    assert equals("id", "P1") == "equals(id,'P1')"
+    assert and_(greater_than("updated", lo), None, less_than("updated", hi)) == (
+        "and(greater-than(updated,2026-01-02T03:04:05.123456+00:00),"
+        "less-than(updated,2026-01-02T03:04:05.000000+00:00))"
+    )
+    assert and_(equals("id", "x")) == "equals(id,'x')"
+    assert and_() is None
