@@ -40,6 +40,7 @@ __all__ = [
     "STANDARD_FIELDS",
     "Collision",
     "GroupInfo",
+    "GroupKind",
     "KlaviyoGroup",
     "KlaviyoProfile",
     "MappedProfile",
@@ -376,8 +377,28 @@ RESERVED_PROPERTY_KEYS: frozenset[str] = frozenset(
 _DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
+def _make_fast_dumps():
+    """The C encoder behind ``_DUMPS`` without its per-call set-up (3x faster for small values)."""
+    try:
+        from json.encoder import c_encode_basestring, c_make_encoder
+
+        if c_make_encoder is None or c_encode_basestring is None:
+            return None
+        encoder = c_make_encoder(None, str, c_encode_basestring, None, ":", ",", False, False, True)
+        probe = [{"a": "é", "b": [1, 2.5, None, True]}]
+        if "".join(encoder(probe, 0)) != _DUMPS(probe):
+            return None
+        return lambda value: "".join(encoder(value, 0))
+    except Exception:  # noqa: BLE001 - another interpreter: the portable encoder is fine
+        return None
+
+
+_FAST_DUMPS = _make_fast_dumps() or _DUMPS
+
+
 def _json_bytes(value: Any) -> int:
-    return len(_DUMPS(value).encode("utf-8", "surrogatepass"))
+    """UTF-8 size of the compact JSON of ``value`` (``ensure_ascii=False``)."""
+    return len(_FAST_DUMPS(value).encode("utf-8", "surrogatepass"))
 
 
 _STR_FAST_MAX = (MAX_PROPERTY_BYTES - 2) // 6
@@ -755,9 +776,8 @@ def _merge_channel(
             # Klaviyo's consent did not change since it was last mirrored: SmartPush's own
             # later changes (an unsubscribe in SmartPush) must not be reverted by stale data.
             return existing_status
-        if incoming == UNSUBSCRIBED and existing_status != incoming:
-            notes.append(f"{channel}_status_changed_in_klaviyo:{incoming}")
-            return incoming
+    # Consent precedence (the product rule): only a Klaviyo SUBSCRIBED overwrites a status
+    # SmartPush holds; UNSUBSCRIBED / NEVER_SUBSCRIBED only fill an unknown one.
     result = merge_status(existing_status, incoming)
     if result != existing_status:
         notes.append(f"{channel}_status:{result}")

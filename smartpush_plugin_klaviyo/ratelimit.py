@@ -75,6 +75,9 @@ ENDPOINT_LIMITS: dict[str, Limit] = {
 DEFAULT_LIMIT = Limit(3, 60)
 """Klaviyo's small tier: used for any endpoint not in :data:`ENDPOINT_LIMITS`."""
 
+DEFAULT_JITTER_PAD = 0.05
+"""Seconds (real) a grant is remembered beyond its window, for network jitter."""
+
 PENALTY_FACTOR = 0.5
 """After a 429 the endpoint runs at this fraction of its rate for one steady window."""
 
@@ -126,6 +129,9 @@ class RateBudget:
         integrations of the account and to clock skew).
     :param time_scale: server seconds per real second (windows are divided by it).
     :param header_scale: divisor of header durations (``Retry-After``, ``RateLimit-Reset``).
+    :param jitter_pad: real seconds a grant is remembered beyond each window (capped at a
+        quarter of the window), so latency jitter cannot push two windows' worth of
+        requests into one of Klaviyo's.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class RateBudget:
         margin: float = 0.9,
         time_scale: float = 1.0,
         header_scale: float = 1.0,
+        jitter_pad: float = DEFAULT_JITTER_PAD,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -148,9 +155,14 @@ class RateBudget:
         self.margin = margin
         self.time_scale = time_scale
         self.header_scale = header_scale
-        # a microsecond of slack so float rounding can never squeeze an extra grant in
-        self.burst_window = BURST_WINDOW / time_scale + 1e-6
-        self.steady_window = STEADY_WINDOW / time_scale + 1e-6
+        # Grants are remembered a little longer than the window: requests reach Klaviyo
+        # some (variable) time after they are granted, so two granted a full window apart
+        # may arrive closer. The pad (at most a quarter of the window) absorbs that jitter;
+        # the microsecond keeps float rounding from squeezing an extra grant in.
+        burst, steady = BURST_WINDOW / time_scale, STEADY_WINDOW / time_scale
+        pad = max(0.0, jitter_pad)
+        self.burst_window = burst + min(pad, burst / 4) + 1e-6
+        self.steady_window = steady + min(pad, steady / 4) + 1e-6
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -345,6 +357,7 @@ class RateBudgets:
     :param header_scale: divisor of the durations servers send (``Retry-After``,
         ``RateLimit-Reset``). Klaviyo and the stand-in send real seconds: keep 1.0; use
         ``time_scale`` for a stand-in that sends durations in its scaled seconds.
+    :param jitter_pad: see :class:`RateBudget`.
     :param enabled: ``False`` disables limiting entirely.
     :param clock, sleep: injectable time source (monotonic seconds) and sleep.
     """
@@ -356,6 +369,7 @@ class RateBudgets:
         margin: float = 0.9,
         time_scale: float = 1.0,
         header_scale: float = 1.0,
+        jitter_pad: float = DEFAULT_JITTER_PAD,
         enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -367,6 +381,7 @@ class RateBudgets:
         self.margin = margin
         self.time_scale = float(time_scale)
         self.header_scale = float(header_scale)
+        self.jitter_pad = jitter_pad
         if self.header_scale <= 0:
             raise ValueError("header_scale must be positive")
         self.enabled = enabled
@@ -391,6 +406,7 @@ class RateBudgets:
                         margin=self.margin,
                         time_scale=self.time_scale,
                         header_scale=self.header_scale,
+                        jitter_pad=self.jitter_pad,
                         clock=self.clock,
                         sleep=self.sleep,
                     )

@@ -241,20 +241,36 @@ class SyncRun:
                         self._enqueue(("finalize_group", g["group_id"], None))
                 elif self.mode == "full" or g["scanned_gen"] == 0:
                     self._submit(self._start_scan, g)
-                elif g["kind"] == "segment" and not g["is_active"]:
-                    # Inactive segments are not processed by Klaviyo: their membership cannot change.
-                    self._enqueue(("group_checked", g["group_id"], None))
                 else:
+                    # Even an inactive segment is checked: it no longer gains members, but
+                    # deleted and merged profiles still leave it. The check is cheap.
                     self._submit(self._check_group, g)
             self._write_loop()
         finally:
             self.stop.set()
+            self._drain()
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.stop.clear()
         if self.aborted is not None:
             raise self.aborted
         if self.errors:
             raise self.errors[0]
+
+    def _drain(self) -> None:
+        """Empty the queue until every fetcher has ended, so none blocks on a full queue."""
+        while True:
+            with self.outstanding_lock:
+                if self.outstanding <= 0:
+                    break
+            try:
+                kind, _key, _payload = self.pages.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind == "task_done":
+                with self.outstanding_lock:
+                    self.outstanding -= 1
+        while not self.pages.empty():
+            self.pages.get_nowait()
 
     def _submit(self, fn, *args) -> None:
         with self.outstanding_lock:
@@ -543,8 +559,9 @@ class SyncRun:
             .with_for_update()
         ).first()
         if row is None or not row.installed or row.epoch != self.epoch:
-            self.stop.set()
-            raise SyncCancelled("the integration was cancelled")
+            exc = SyncCancelled("the integration was cancelled")
+            self._abort(exc)
+            raise exc
 
     def _set_phase(self, phase: str) -> None:
         with self.ctx.storage.transaction() as tx:

@@ -35,7 +35,7 @@ from smartpush_plugin_klaviyo.pagination import (
 )
 from smartpush_plugin_klaviyo.ratelimit import RateBudgets
 
-from _scripted_server import ScriptedServer
+from tests._scripted_server import ScriptedServer
 
 KEY = "pk_0123456789abcdef0123456789abcdef01"
 
@@ -344,9 +344,10 @@ def test_profile_count_uses_its_own_stricter_budget(server):
         for _ in range(5):
             client.get("/api/lists/AbC")
     times = [r["time"] for r in server.requests]
-    assert times[1] - times[0] >= 0.045 and times[2] - times[1] >= 0.045
-    assert times[4] - times[3] >= 0.045
-    assert times[-1] - times[-5] < 0.045  # plain detail requests do not wait
+    # (arrival times: allow a few ms of jitter against the 50 ms budget spacing)
+    assert times[1] - times[0] >= 0.04 and times[2] - times[1] >= 0.04
+    assert times[4] - times[3] >= 0.04
+    assert times[-1] - times[-5] < 0.04  # plain detail requests do not wait
     assert budgets.get("/api/lists/{id}+profile_count").granted == 3
 
 
@@ -371,21 +372,24 @@ def test_threads_share_one_client(server):
 
 
 def test_client_overhead_is_small(server):
-    """Our layer (budget, stats, retry wrapper, mapping) adds well under 1 ms per request."""
-    n = 300
-    with httpx.Client(base_url=server.base_url) as raw:
+    """Our layer (budget, stats, retry wrapper, error mapping) adds well under 1 ms per
+    request over bare httpx (best of 3 interleaved rounds, to shrug off a busy machine)."""
+    n = 150
+    raw_best = ours_best = float("inf")
+    with httpx.Client(base_url=server.base_url) as raw, \
+            fast_client(server, budgets=RateBudgets(time_scale=1000.0)) as client:
         raw.get("/api/profiles")
-        t0 = time.perf_counter()
-        for _ in range(n):
-            raw.get("/api/profiles", params={"page[size]": 1}).json()
-        raw_per = (time.perf_counter() - t0) / n
-    with fast_client(server, budgets=RateBudgets(time_scale=1000.0)) as client:
         client.get("/api/profiles")
-        t0 = time.perf_counter()
-        for _ in range(n):
-            client.get("/api/profiles", {"page[size]": 1})
-        ours_per = (time.perf_counter() - t0) / n
-    assert ours_per - raw_per < 0.001, (ours_per, raw_per)
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                raw.get("/api/profiles", params={"page[size]": 1}).json()
+            raw_best = min(raw_best, (time.perf_counter() - t0) / n)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                client.get("/api/profiles", {"page[size]": 1})
+            ours_best = min(ours_best, (time.perf_counter() - t0) / n)
+    assert ours_best - raw_best < 0.001, (ours_best, raw_best)
 
 
 # --------------------------------------------------------------- pagination
@@ -425,3 +429,179 @@ def test_filter_builders():
     )
     assert and_(equals("id", "x")) == "equals(id,'x')"
     assert and_() is None
+
+
+# ================================================= against the Klaviyo stand-in
+standin = pytest.importorskip("klaviyo_standin")
+from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account  # noqa: E402
+
+from smartpush_plugin_klaviyo.pagination import PAGE_SIZE_MAX  # noqa: E402
+from smartpush_plugin_klaviyo.ratelimit import Limit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def account():
+    return generate_account(profiles=1200, seed=7)
+
+
+def standin_client(server, **kw) -> KlaviyoClient:
+    kw.setdefault("budgets", RateBudgets(time_scale=server.clock_scale))
+    kw.setdefault("max_retries", 4)
+    kw.setdefault("timeout", 5.0)
+    return KlaviyoClient(kw.pop("key", DEFAULT_API_KEY), base_url=server.base_url, **kw)
+
+
+def arrivals(server, name):
+    return [t for t, n, status in server.request_log if n == name]
+
+
+def test_standin_burst_and_steady_windows_are_respected(account):
+    """8 threads hammer a stand-in with small limits on a scaled clock: no 429, and
+    the stand-in never sees more than the limit in any burst or steady window."""
+    scale = 20.0  # burst window 50 ms, steady window 3 s
+    limits = {"/api/profiles": (20, 80)}
+    with StandInServer(account, rate_limits=limits, clock_scale=scale) as server:
+        budgets = RateBudgets({"/api/profiles": Limit(20, 80)}, time_scale=scale)
+        with standin_client(server, budgets=budgets) as client:
+            def work():
+                for _ in range(12):
+                    client.get("/api/profiles", {"page[size]": 1, "fields[profile]": "email"})
+
+            threads = [threading.Thread(target=work) for _ in range(8)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            elapsed = time.monotonic() - t0
+            assert client.stats["GET /api/profiles"] == 96
+            assert client.stats["429"] == 0
+        assert server.stats.get("429", 0) == 0
+        times = arrivals(server, "GET /api/profiles")
+        t0 = getattr(getattr(server, "limiter", None), "_t0", None)
+    assert len(times) == 96
+    if t0 is not None:  # the stand-in's own fixed windows (aligned to its start)
+        assert max_in_aligned(times, 1.0 / scale, t0) <= 20
+        assert max_in_aligned(times, 60.0 / scale, t0) <= 80
+    # sliding steady windows too (arrival jitter is tiny next to 3 s)
+    assert max_in_window(times, 60.0 / scale) <= 80
+    # the margin is used, not wasted: 72 per steady window → 96 requests need one more window
+    assert 60.0 / scale <= elapsed < 3 * 60.0 / scale
+
+
+def max_in_aligned(times, window, t0):
+    counts: dict[int, int] = {}
+    for t in times:
+        k = int((t - t0) // window)
+        counts[k] = counts.get(k, 0) + 1
+    return max(counts.values())
+
+
+def max_in_window(times, window):
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_standin_real_throttle_is_retried_after_retry_after(account):
+    """Another integration of the account (no budget) exhausts the burst window; ours,
+    sharing the key, gets a real 429 from the stand-in and retries after Retry-After."""
+    with StandInServer(account, rate_limits={"/api/lists": (3, 100)}) as server:
+        with standin_client(server, budgets=RateBudgets(enabled=False), max_retries=0) as greedy:
+            with pytest.raises(RateLimitedError):
+                for _ in range(10):
+                    greedy.get("/api/lists")
+        with standin_client(server) as client:
+            assert client.get("/api/lists")["data"]
+            assert client.stats["429"] == 1 and client.stats["retries"] == 1
+            assert client.budgets.get("/api/lists").penalties == 1
+        log = [(t, s) for t, n, s in server.request_log if n == "GET /api/lists"]
+    assert [s for _, s in log[-2:]] == [429, 200]
+    assert log[-1][0] - log[-2][0] >= 1.0  # Retry-After: 1 (whole seconds)
+
+
+def test_standin_injected_faults_are_retried(account):
+    with StandInServer(account, rate_limits=False) as server:
+        for status in (500, 502, 503, 524):
+            server.inject("/api/profiles", status)
+        server.inject("/api/profiles", kind="html")
+        server.inject("/api/profiles", kind="reset")
+        server.inject("/api/profiles", 429, retry_after=1)
+        with standin_client(server, max_retries=8, budgets=RateBudgets(time_scale=50)) as client:
+            t0 = time.monotonic()
+            body = client.get("/api/profiles", {"page[size]": 5})
+            assert len(body["data"]) == 5
+            assert time.monotonic() - t0 >= 1.0  # Retry-After honoured
+            assert client.stats["retries"] == 7
+            assert client.stats["429"] == 1
+        statuses = [s for _, n, s in server.request_log]
+    assert statuses[:4] == [500, 502, 503, 524]
+    assert statuses[4] == 403 and statuses[-2] == 429 and statuses[-1] == 200
+
+
+def test_standin_scope_key_and_cursor_errors(account):
+    keys = {DEFAULT_API_KEY: ALL_SCOPES, "pk_limited0000000000000000000000000": {"profiles:read", "lists:read"}}
+    with StandInServer(account, api_keys=keys, rate_limits=False) as server:
+        with standin_client(server, key="pk_limited0000000000000000000000000") as client:
+            assert client.get("/api/lists", {"page[size]": 1})["data"]
+            with pytest.raises(MissingScopeError) as ei:
+                client.get("/api/segments")
+            assert "segments:read" in ei.value.scopes
+            gid = account.segments()[0]["id"]
+            with pytest.raises(MissingScopeError) as ei:
+                client.get(f"/api/segments/{gid}/relationships/profiles")
+            assert ei.value.scopes == ["profiles:read", "segments:read"]
+        server.inject("/api/profiles", kind="html")  # a CDN 403 is not a scope error
+        with standin_client(server, budgets=RateBudgets(time_scale=50)) as client:
+            assert client.get("/api/profiles", {"page[size]": 1})["data"]
+        with standin_client(server, key="pk_wrong00000000000000000000000000") as client:
+            with pytest.raises(InvalidKeyError) as ei:
+                client.get("/api/profiles")
+            assert "pk_wrong" not in repr(ei.value) + str(ei.value)
+        with standin_client(server) as client:
+            first = fetch_page(client, "/api/profiles", {"page[size]": 10})
+            server.inject("/api/profiles", kind="invalid_cursor")
+            with pytest.raises(BadRequestError) as ei:
+                fetch_page(client, first.next_url)
+            assert ei.value.invalid_cursor
+            # a cursor the stand-in really refuses
+            bad = first.next_url.split("page%5Bcursor%5D=")[0] + "page%5Bcursor%5D=garbage"
+            if "page%5Bcursor%5D" in first.next_url:
+                with pytest.raises(BadRequestError) as ei:
+                    client.get_url(bad)
+                assert ei.value.invalid_cursor
+        assert server.stats.get("GET /api/profiles", 0) >= 2
+
+
+def test_standin_cursor_pagination_over_all_profiles(account):
+    with StandInServer(account, rate_limits=True, clock_scale=10) as server:
+        with standin_client(server) as client:
+            ids: list[str] = []
+            pages = 0
+            for page in iter_pages(client, "/api/profiles", {"page[size]": PAGE_SIZE_MAX["/api/profiles"],
+                                                             "fields[profile]": "email,updated", "sort": "updated"}):
+                pages += 1
+                ids.extend(r["id"] for r in page.data)
+            assert pages == 12
+            assert len(ids) == len(set(ids)) == account.profile_count
+            assert set(ids) == set(account.profile_ids())
+            # resume from a saved links.next gives the rest
+            first = fetch_page(client, "/api/profiles", {"page[size]": 100, "sort": "updated"})
+            rest = [r["id"] for p in iter_pages(client, "/api/profiles", start_url=first.next_url) for r in p.data]
+            assert [r["id"] for r in first.data] + rest == account.profile_ids()
+            # members of a list, sorted by joined_group_at
+            gid = account.lists()[0]["id"]
+            members = [r["id"] for p in iter_pages(client, f"/api/lists/{gid}/relationships/profiles",
+                                                   {"page[size]": 100, "sort": "joined_group_at"}) for r in p.data]
+            assert members == [pid for pid, _ in account.iter_members(gid)]
+            groups = [r["id"] for p in iter_pages(client, "/api/lists", {"page[size]": 10}) for r in p.data]
+            assert sorted(groups) == sorted(g["id"] for g in account.lists())
+            detail = client.get(f"/api/lists/{gid}", {"additional-fields[list]": "profile_count"})
+            assert detail["data"]["attributes"]["profile_count"] == account.member_count(gid)
+            stats = client.stats
+        assert stats["429"] == 0 and server.stats.get("429", 0) == 0
+        assert stats["GET /api/profiles"] == server.stats["GET /api/profiles"]

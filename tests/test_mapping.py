@@ -676,13 +676,14 @@ def test_merge_unchanged_klaviyo_consent_does_not_revert_smartpush_change():
     assert later.email_subscription == "subscribed"
 
 
-def test_merge_later_klaviyo_unsubscribe_propagates():
+def test_merge_later_klaviyo_unsubscribe_never_overwrites():
+    """The product rule: only SUBSCRIBED overwrites; a later Klaviyo unsubscribe is kept as evidence."""
     m = mapped(profile(subscriptions=sub_email("SUBSCRIBED")))
     first, owned, _ = merge_into(contact(email=EMAIL), m, owned_fields=set(), primary=True)
     m2 = mapped(profile(subscriptions=sub_email("UNSUBSCRIBED", can_receive_email_marketing=False)))
-    later, _, notes = merge_into(first, m2, owned_fields=owned, primary=True)
-    assert later.email_subscription == "unsubscribed"
-    assert "email_status_changed_in_klaviyo:unsubscribed" in notes
+    later, _, _ = merge_into(first, m2, owned_fields=owned, primary=True)
+    assert later.email_subscription == "subscribed"
+    assert later.properties["kla_email_consent"] == "UNSUBSCRIBED"
 
 
 def test_merge_into_does_not_mutate_inputs():

@@ -175,7 +175,7 @@ def test_concurrent_reads_and_writes_are_safe():
 
     def reader():
         try:
-            for _ in range(30):
+            for _ in range(8):
                 list(account.iter_profiles())
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)

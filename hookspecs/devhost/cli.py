@@ -296,21 +296,19 @@ def _add_admin_commands(root: click.Group) -> None:
     @click.option("--once", is_flag=True, help="Run due jobs once and exit (the default).")
     def scheduler_run(loop, interval, once):
         """Run the due jobs of every store."""
-        cli = _obj()
-        host = cli.host
+        from hookspecs.devhost.scheduler import run_loop
 
-        def one_round() -> None:
-            for run in host.run_due(cli.pm):
-                click.echo(f"{run.store_id}/{run.integration}: {run.outcome}")
+        cli = _obj()
+
+        def show(run) -> None:
+            click.echo(f"{run.store_id}/{run.integration}: {run.outcome}")
 
         if not loop or once:
-            one_round()
+            run_loop(cli.host, cli.pm, max_rounds=1, on_run=show)
             return
         click.echo(f"polling every {interval:g} s; Ctrl-C to stop", err=True)
         try:
-            while True:
-                one_round()
-                time.sleep(interval)
+            run_loop(cli.host, cli.pm, interval=interval, on_run=show)
         except KeyboardInterrupt:
             click.echo("stopped", err=True)
 

@@ -26,6 +26,9 @@ CHUNK = 500
 
 _SUBSCRIPTION_VALUES = {"subscribed", "unsubscribed", "never_subscribed", None}
 
+# json.dumps() with options builds a new encoder per call; one shared encoder is ~2x faster
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 
 def _chunks(items: Sequence, size: int = CHUNK):
     for start in range(0, len(items), size):
@@ -82,7 +85,7 @@ class SqlContactStore:
         _check_status(c.email_subscription)
         _check_status(c.sms_subscription)
         payload = {"e": c.email, "p": c.phone, "n": c.name, "c": c.country, "pr": c.properties or {}}
-        plaintext = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        plaintext = _encode_json(payload).encode()
         kr = self.keyring
         ev, pv = email_index_value(c.email), phone_index_value(c.phone)
         return {
@@ -243,10 +246,10 @@ class SqlContactStore:
         rows = [{"store_id": self.store_id, "contact_uid": u, "tag": t} for u, t in dict.fromkeys(pairs)]
         if not rows:
             return 0
-        stmt = dialect_insert(tx, tags_t).on_conflict_do_nothing()
+        stmt = _add_tag_statement(tx)
         added = 0
         for chunk in _chunks(rows):
-            added += max(tx.execute(stmt, chunk).rowcount, 0)
+            added += max(stmt.executemany(tx, chunk).rowcount, 0)
         return added
 
     def remove_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
@@ -327,6 +330,23 @@ _UPDATE_CONTACT = FastStatement(
     .where(and_(contacts_t.c.store_id == bindparam("store_id_"), contacts_t.c.uid == bindparam("uid_")))
     .values({name: bindparam(name + "_") for name in _CONTACT_COLUMNS[2:] if name != "created_at"})
 )
+
+
+_ADD_TAG: dict[str, FastStatement] = {}
+
+
+def _add_tag_statement(tx: Tx) -> FastStatement:
+    """INSERT ... ON CONFLICT DO NOTHING for tags, per dialect.
+
+    Run through the driver's executemany: SQLAlchemy batches PostgreSQL inserts into
+    one multi-VALUES statement and then reports no rowcount, but we must count the
+    pairs that were new.
+    """
+    stmt = _ADD_TAG.get(tx.dialect.name)
+    if stmt is None:
+        stmt = FastStatement(dialect_insert(tx, tags_t).on_conflict_do_nothing(), ["store_id", "contact_uid", "tag"])
+        _ADD_TAG[tx.dialect.name] = stmt
+    return stmt
 
 
 def _check_status(value) -> None:

@@ -47,5 +47,6 @@ class FastStatement:
 
 def bind_value(conn: Connection, column, value: Any) -> Any:
     """``value`` converted by ``column``'s type for the connection's driver (once, not per row)."""
-    processor = column.type.bind_processor(conn.dialect)
+    # dialect_impl: the dialect's own type (SQLite formats datetimes as text itself)
+    processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     return processor(value) if processor else value

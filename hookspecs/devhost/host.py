@@ -27,8 +27,21 @@ ENV_HOME = "SMARTPUSH_HOME"
 ENV_DATABASE_URL = "SMARTPUSH_DATABASE_URL"
 DEFAULT_HOME = ".smartpush"
 DEFAULT_STORE = "default"
-SETTINGS_FROM_ENV = ("KLAVIYO_BASE_URL",)
-"""Environment variables copied into ``HostContext.settings`` when set."""
+SETTINGS_ENV_PREFIXES = ("KLAVIYO_",)
+"""Environment variables with these prefixes are copied into ``HostContext.settings``
+(``KLAVIYO_BASE_URL``, ``KLAVIYO_TIME_SCALE``, ``KLAVIYO_RATE_LIMITS`` ...), except
+secret-looking ones."""
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
+
+
+def settings_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Plugin settings found in the environment; never API keys or other secrets
+    (``KLAVIYO_API_KEY`` reaches a plugin only through ``smartpush authorize``)."""
+    return {
+        name: value
+        for name, value in env.items()
+        if value and name.startswith(SETTINGS_ENV_PREFIXES) and not any(w in name for w in _SECRET_WORDS)
+    }
 
 _STORE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
@@ -46,6 +59,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, env: Mapping[str
     path = Path(data_dir or env.get(ENV_HOME) or DEFAULT_HOME).expanduser().resolve()
     if not path.exists():
         path.mkdir(parents=True, mode=0o700)
+    elif path.stat().st_mode & 0o077:
+        # the directory holds the database and (by default) the master key file
+        log.warning("data directory %s is accessible by group/others; consider chmod 700", path)
     return path
 
 
@@ -61,8 +77,8 @@ class DevHost:
         SQLite in the data directory.
     :param data_dir: where the SQLite file and ``master.key`` live; default env
         ``SMARTPUSH_HOME`` or ``./.smartpush``.
-    :param settings: host settings handed to plugins; env ``KLAVIYO_BASE_URL`` is
-        added when set and not given here.
+    :param settings: host settings handed to plugins; they override the ones found
+        in the environment (see :func:`settings_from_env`).
     :param default_store: the store :meth:`host_context` returns without argument.
     :param keyring: an explicit keyring (tests); default loads env/key file.
     """
@@ -80,7 +96,7 @@ class DevHost:
         env = os.environ if env is None else env
         self.data_dir = resolve_data_dir(data_dir, env)
         self.database_url = database_url or env.get(ENV_DATABASE_URL) or default_database_url(self.data_dir)
-        self.settings: dict[str, str] = {k: env[k] for k in SETTINGS_FROM_ENV if env.get(k)}
+        self.settings: dict[str, str] = settings_from_env(env)
         self.settings.update(settings or {})
         self.default_store = validate_store_id(default_store)
         self.keyring = keyring or load_keyring(self.data_dir, env)
@@ -109,12 +125,14 @@ class DevHost:
 
     # -------------------------------------------------------------- context
     def contacts(self, store_id: str) -> SqlContactStore:
-        """The contact store of ``store_id``."""
-        return SqlContactStore(validate_store_id(store_id), self.keyring)
+        """The contact store of ``store_id`` (store created on first use)."""
+        self.ensure_store(store_id)
+        return SqlContactStore(store_id, self.keyring)
 
     def plan(self, store_id: str) -> SqlPlan:
-        """The plan of ``store_id``."""
-        return SqlPlan(self.storage, validate_store_id(store_id))
+        """The plan of ``store_id`` (store created on first use)."""
+        self.ensure_store(store_id)
+        return SqlPlan(self.storage, store_id)
 
     def context(self, store_id: str | None = None) -> HostContext:
         """The :class:`HostContext` of ``store_id`` (created on first use)."""

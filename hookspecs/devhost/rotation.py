@@ -13,6 +13,7 @@ would find rows indexed under the new key only after restarting.
 from __future__ import annotations
 
 import fcntl
+import os
 import json
 import logging
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 
 from hookspecs.devhost.contacts import contact_aad, email_index_value, phone_index_value
 from hookspecs.devhost.crypto import (
@@ -58,7 +59,7 @@ class RotationReport:
 @contextmanager
 def _file_lock(path: Path):
     """An exclusive advisory lock: two rotations never interleave."""
-    with open(path, "a") as fh:
+    with open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -132,9 +133,30 @@ def reencrypt_secrets(storage: SqlStorage, keyring: Keyring) -> int:
     return len(rows)
 
 
+def remaining(storage: SqlStorage, keyring: Keyring) -> int:
+    """Rows (contacts and secrets) not yet under the active key."""
+    active = keyring.active_id
+    with storage.transaction(readonly=True) as tx:
+        return sum(
+            tx.execute(select(func.count()).select_from(t).where(t.c.key_id != active)).scalar_one()
+            for t in (contacts_t, secrets_t)
+        )
+
+
 def reencrypt_all(storage: SqlStorage, keyring: Keyring, batch_size: int = 500) -> tuple[int, int]:
-    """Re-encrypt contacts and secrets under the active key; returns both counts."""
-    return reencrypt_contacts(storage, keyring, batch_size), reencrypt_secrets(storage, keyring)
+    """Re-encrypt contacts and secrets under the active key; returns both counts.
+
+    Repeats (up to three passes) while rows written concurrently by a process still
+    using the old key remain, and raises :class:`CryptoError` if some still do.
+    """
+    contacts = secrets = 0
+    for _ in range(3):
+        contacts += reencrypt_contacts(storage, keyring, batch_size)
+        secrets += reencrypt_secrets(storage, keyring)
+        left = remaining(storage, keyring)
+        if not left:
+            return contacts, secrets
+    raise CryptoError(f"{left} rows are still written under an old key; stop other writers and run again")
 
 
 def rotate_keys(host: "DevHost", *, batch_size: int = 500) -> RotationReport:

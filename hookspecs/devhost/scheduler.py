@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from hookspecs.devhost.host import DevHost
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_ERROR = timedelta(minutes=15)
+"""A job whose plugin raised runs again this soon (or at its period, if shorter)."""
 
 
 class SqlScheduler:
@@ -152,12 +156,16 @@ def run_due(
         except Exception as exc:  # keep the worker alive; type only (messages may hold data)
             log.error("sync %s/%s raised %s", job.store_id, job.integration, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             outcome = "error"
+        key = and_(jobs_t.c.store_id == job.store_id, jobs_t.c.integration == job.integration)
         with host.storage.transaction() as tx:
-            tx.execute(
-                update(jobs_t)
-                .where(and_(jobs_t.c.store_id == job.store_id, jobs_t.c.integration == job.integration))
-                .values(last_outcome=outcome[:40])
-            )
+            # only touch the row if it is still the job we claimed (not unscheduled or
+            # rescheduled by the plugin meanwhile)
+            ours = and_(key, jobs_t.c.version == job.version + 1)
+            values: dict[str, Any] = {"last_outcome": outcome[:40]}
+            if outcome == "error":
+                values["next_run_at"] = now + min(RETRY_AFTER_ERROR, timedelta(seconds=job.every_seconds))
+            if tx.execute(update(jobs_t).where(ours).values(**values)).rowcount == 0:
+                tx.execute(update(jobs_t).where(key).values(last_outcome=outcome[:40]))
         runs.append(JobRun(job.store_id, job.integration, outcome, report))
     return runs
 
@@ -170,16 +178,21 @@ def run_loop(
     stop: threading.Event | None = None,
     worker_id: str | None = None,
     max_rounds: int | None = None,
+    on_run: Callable[[JobRun], None] | None = None,
 ) -> int:
     """Poll for due jobs every ``interval`` seconds until ``stop`` is set.
 
-    Returns how many jobs ran. ``max_rounds`` bounds the loop (tests).
+    Returns how many jobs ran. ``on_run`` is called after each job (CLI output);
+    ``max_rounds`` bounds the loop (tests).
     """
     stop = stop or threading.Event()
     worker_id = worker_id or default_worker_id()
     total = rounds = 0
     while not stop.is_set():
-        total += len(run_due(host, pm, worker_id=worker_id))
+        for run in run_due(host, pm, worker_id=worker_id):
+            total += 1
+            if on_run is not None:
+                on_run(run)
         rounds += 1
         if max_rounds is not None and rounds >= max_rounds:
             break

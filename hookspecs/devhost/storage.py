@@ -12,6 +12,7 @@ PostgreSQL works by changing the URL (``postgresql+psycopg://...``).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,17 @@ from sqlmodel import SQLModel
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _precreate_private(path: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would honour the umask):
+    even encrypted, the blind indexes are nobody else's business. SQLite gives the
+    -wal and -shm files the main file's permissions."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 class SqlStorage:
@@ -54,15 +66,20 @@ class SqlStorage:
     def _make_engine(self, echo: bool) -> Engine:
         if self.dialect == "sqlite":
             return self._make_sqlite_engine(echo)
-        return create_engine(self.url, echo=echo, pool_pre_ping=True, future=True)
+        # hide_parameters: bound values (blind indexes, ciphertexts, plugin data) never
+        # appear in SQLAlchemy's exception messages or echo logs
+        return create_engine(self.url, echo=echo, pool_pre_ping=True, hide_parameters=True)
 
     def _make_sqlite_engine(self, echo: bool) -> Engine:
         database = self.url.database or ""
         in_memory = database in ("", ":memory:")
         kwargs: dict = {
             "echo": echo,
+            "hide_parameters": True,
             "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         }
+        if not in_memory and not database.startswith("file:"):
+            _precreate_private(database)
         if in_memory:
             # a private in-memory DB per connection would lose data; share one connection
             from sqlalchemy.pool import StaticPool

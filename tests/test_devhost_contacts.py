@@ -1,0 +1,229 @@
+"""The contact store: CRUD, tags, lookups, store isolation, nothing readable at rest."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from hookspecs.devhost.host import DevHost
+from hookspecs.interfaces import Contact, ContactStore, NewContact
+
+# -- shared by the tests/test_devhost_*.py files (duplicated: conftest.py is not ours)
+@pytest.fixture
+def devhost_db_url(db_url):
+    """A fresh database; with SMARTPUSH_TEST_DATABASE_URL, a fresh schema in that database."""
+    shared = os.environ.get("SMARTPUSH_TEST_DATABASE_URL")
+    if not shared or not shared.startswith("postgresql"):
+        yield shared or db_url
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    schema = f"sp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(shared, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(shared).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.dispose()
+
+
+@pytest.fixture
+def store_ids():
+    """Unique store ids, so tests sharing one database never see each other's rows."""
+    prefix = uuid.uuid4().hex[:10]
+    return lambda n: [f"t{prefix}-{i}" for i in range(n)]
+
+
+@pytest.fixture
+def host(tmp_path, devhost_db_url):
+    h = DevHost(devhost_db_url, tmp_path / "home", env={})
+    yield h
+    h.close()
+
+
+def _people(n: int, domain: str = "shop.example") -> list[NewContact]:
+    return [
+        NewContact(
+            email=f"Person.{i}@{domain}",
+            phone=f"+4915112345{i:03d}",
+            name=f"Person {i}",
+            country="DE",
+            email_subscription="subscribed" if i % 2 else "unsubscribed",
+            sms_subscription=None,
+            properties={"kla_index": i, "kla_backup_email": f"backup{i}@private.example"},
+        )
+        for i in range(n)
+    ]
+
+
+def test_implements_the_interface(host, store_ids):
+    (store,) = store_ids(1)
+    assert isinstance(host.context(store).contacts, ContactStore)
+
+
+def test_create_get_update_count_iter(host, store_ids):
+    (store,) = store_ids(1)
+    cs = host.contacts(store)
+    people = _people(250)
+    with host.storage.transaction() as tx:
+        uids = cs.create_many(tx, people)
+    assert len(set(uids)) == 250 and uids == sorted(uids)
+    with host.storage.transaction() as tx:
+        got = cs.get_many(tx, uids[:3] + ["sp_missing"])
+        assert set(got) == set(uids[:3])
+        c = got[uids[1]]
+        assert (c.email, c.phone, c.name, c.country) == ("Person.1@shop.example", "+4915112345001", "Person 1", "DE")
+        assert c.email_subscription == "subscribed" and c.sms_subscription is None
+        assert c.properties["kla_index"] == 1
+        assert "Person" not in repr(c)
+        c.name, c.email, c.properties = "Renamed", "new@shop.example", {"kla_x": [1, 2]}
+        cs.update_many(tx, [c])
+    with host.storage.transaction() as tx:
+        again = cs.get_many(tx, [uids[1]])[uids[1]]
+        assert (again.name, again.email, again.properties) == ("Renamed", "new@shop.example", {"kla_x": [1, 2]})
+        assert cs.find_by_emails(tx, ["person.1@shop.example"]) == {"person.1@shop.example": []}
+        assert cs.find_by_emails(tx, [" NEW@shop.example "])[" NEW@shop.example "] == [uids[1]]
+        assert cs.count(tx) == 250
+        streamed = list(cs.iter_all(tx))
+        assert [s.uid for s in streamed] == uids
+        with pytest.raises(LookupError):
+            cs.update_many(tx, [Contact(uid="sp_nope", email="x@y.z")])
+
+
+def test_lookups(host, store_ids):
+    (store,) = store_ids(1)
+    cs = host.contacts(store)
+    with host.storage.transaction() as tx:
+        a, b, c = cs.create_many(
+            tx,
+            [NewContact(email="Dup@X.io"), NewContact(email="dup@x.io", phone="+14155550100"), NewContact(phone="+14155550101")],
+        )
+        emails = cs.find_by_emails(tx, ["DUP@x.io", "none@x.io"])
+        assert emails == {"DUP@x.io": sorted([a, b]), "none@x.io": []}
+        phones = cs.find_by_phones(tx, ["+14155550100", "+14155550101", "+14155550102"])
+        assert phones == {"+14155550100": [b], "+14155550101": [c], "+14155550102": []}
+
+
+def test_tags(host, store_ids):
+    (store,) = store_ids(1)
+    cs = host.contacts(store)
+    with host.storage.transaction() as tx:
+        u1, u2, u3 = cs.create_many(tx, _people(3))
+        assert cs.add_tags(tx, [(u1, "a"), (u2, "a"), (u1, "b"), (u1, "a")]) == 3
+        assert cs.add_tags(tx, [(u1, "a"), (u3, "a")]) == 1
+        assert cs.tags_of(tx, [u1, u2, u3, "sp_x"]) == {u1: {"a", "b"}, u2: {"a"}, u3: {"a"}, "sp_x": set()}
+        assert cs.remove_tags(tx, [(u3, "a"), (u3, "zzz")]) == 1
+        # u1 has both: renaming a -> b must not duplicate the pair
+        assert cs.rename_tag(tx, "a", "b") == 2
+        assert cs.tags_of(tx, [u1, u2, u3]) == {u1: {"b"}, u2: {"b"}, u3: set()}
+        assert cs.rename_tag(tx, "missing", "c") == 0
+        assert cs.delete_tag(tx, "b") == 2
+        assert cs.tags_of(tx, [u1, u2]) == {u1: set(), u2: set()}
+
+
+def test_stores_are_isolated(host, store_ids):
+    a, b = store_ids(2)
+    ca, cb = host.contacts(a), host.contacts(b)
+    with host.storage.transaction() as tx:
+        (ua,) = ca.create_many(tx, [NewContact(email="same@x.io", phone="+14155550100")])
+        (ub,) = cb.create_many(tx, [NewContact(email="same@x.io", phone="+14155550100")])
+        ca.add_tags(tx, [(ua, "t")])
+        cb.add_tags(tx, [(ub, "t")])
+    with host.storage.transaction() as tx:
+        assert cb.get_many(tx, [ua]) == {}
+        assert ca.find_by_emails(tx, ["same@x.io"])["same@x.io"] == [ua]
+        assert cb.find_by_phones(tx, ["+14155550100"])["+14155550100"] == [ub]
+        assert [c.uid for c in cb.iter_all(tx)] == [ub] and cb.count(tx) == 1
+        assert cb.remove_tags(tx, [(ua, "t")]) == 0
+        assert cb.delete_tag(tx, "t") == 1
+        assert ca.tags_of(tx, [ua]) == {ua: {"t"}}
+        with pytest.raises(LookupError):
+            cb.update_many(tx, [Contact(uid=ua, email="stolen@x.io")])
+    # a tag row can only point at a contact of its own store (composite foreign key)
+    with pytest.raises(IntegrityError):
+        with host.storage.transaction() as tx:
+            cb.add_tags(tx, [(ua, "evil")])
+    with host.storage.transaction() as tx:
+        assert ca.get_many(tx, [ua])[ua].email == "same@x.io"
+
+
+def test_rollback_on_error(host, store_ids):
+    (store,) = store_ids(1)
+    cs = host.contacts(store)
+    with pytest.raises(RuntimeError):
+        with host.storage.transaction() as tx:
+            cs.create_many(tx, _people(5))
+            raise RuntimeError("boom")
+    with host.storage.transaction() as tx:
+        assert cs.count(tx) == 0
+
+
+def test_nested_transaction_joins_the_outer_one(host, store_ids):
+    """host.secrets.put inside a plugin's own transaction must not deadlock on SQLite."""
+    (store,) = store_ids(1)
+    ctx = host.context(store)
+    with host.storage.transaction() as tx:
+        ctx.contacts.create_many(tx, _people(1))
+        ctx.secrets.put("k", "v")
+        ctx.scheduler.unschedule("klaviyo")
+    assert ctx.secrets.get("k") == "v"
+
+
+def test_database_file_holds_no_plain_pii(tmp_path):
+    host = DevHost(None, tmp_path / "home", env={})
+    ctx = host.context("pii-check")
+    people = _people(40, domain="very-unique-domain.example")
+    with host.storage.transaction() as tx:
+        uids = ctx.contacts.create_many(tx, people)
+        ctx.contacts.update_many(tx, [Contact(uid=uids[0], email="updated@very-unique-domain.example", phone="+4915199999999")])
+    ctx.secrets.put("api_key", "pk_live_supersecretvalue")
+    host.close()
+    assert (Path(tmp_path / "home" / "smartpush.db").stat().st_mode & 0o777) == 0o600
+    raw = b"".join(p.read_bytes() for p in Path(tmp_path / "home").glob("smartpush.db*"))
+    assert len(raw) > 10_000
+    for needle in [b"very-unique-domain", b"private.example", b"4915112345", b"4915199999999",
+                   b"Person 1", b"pk_live_supersecretvalue", "very-unique-domain".encode("utf-16-le")]:
+        assert needle not in raw, needle
+
+
+WRITER = r"""
+import sys
+from hookspecs.devhost.host import DevHost
+from hookspecs.interfaces import NewContact
+url, home, store = sys.argv[1:4]
+host = DevHost(url, home, env={})
+cs = host.contacts(store)
+for batch in range(15):
+    with host.storage.transaction() as tx:
+        # read-then-write in one transaction: the pattern that deadlocks without BEGIN IMMEDIATE
+        before = cs.count(tx)
+        uids = cs.create_many(tx, [NewContact(email=f"{store}-{batch}-{i}@x.io") for i in range(40)])
+        cs.add_tags(tx, [(u, f"batch{before}") for u in uids])
+    host.context(store).secrets.put("progress", str(batch))
+"""
+
+
+def test_concurrent_writer_processes(tmp_path, devhost_db_url, store_ids):
+    import subprocess
+    import sys
+
+    stores = store_ids(3)
+    DevHost(devhost_db_url, tmp_path, env={}).close()  # create key file and tables first
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, devhost_db_url, str(tmp_path), s],
+                              stderr=subprocess.PIPE, text=True) for s in stores]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    host = DevHost(devhost_db_url, tmp_path, env={})
+    with host.storage.transaction() as tx:
+        for s in stores:
+            cs = host.contacts(s)
+            assert cs.count(tx) == 15 * 40
+            assert cs.find_by_emails(tx, [f"{s}-14-39@x.io"])[f"{s}-14-39@x.io"]
+    assert host.context(stores[0]).secrets.get("progress") == "14"

