@@ -37,6 +37,7 @@ from smartpush_plugin_klaviyo.timeutil import utcnow
 log = logging.getLogger(__name__)
 
 DAILY = timedelta(days=1)
+RETRY_AFTER_FAILURE = timedelta(minutes=15)
 DEFAULT_BASE_URL = "https://a.klaviyo.com"
 REQUIRED_READS = (
     ("/api/profiles", "profiles:read"),
@@ -179,6 +180,8 @@ def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception) -> Syn
     if errors >= MAX_CONSECUTIVE_ERRORS:
         status.pause(ctx, PauseReason.SYNC_ERROR, f"{errors} consecutive failed syncs; last: {detail}"[:500])
         return run._report("paused", started, False, f"Sync paused after {errors} failed attempts: {detail}")
+    # Retry soon rather than tomorrow: the run resumes from its checkpoints.
+    ctx.scheduler.schedule(INTEGRATION, every=DAILY, first_run=utcnow() + RETRY_AFTER_FAILURE)
     return run._report("failed", started, False, f"Sync failed ({detail}); it resumes from its checkpoint next time.")
 
 

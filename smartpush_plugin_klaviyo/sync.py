@@ -82,7 +82,7 @@ class SyncOptions:
     max_member_slices: int = 16
     queue_pages: int = 48
     """Pages buffered between fetchers and the writer (bounds memory)."""
-    lease_owner: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+    lease_owner: str = field(default_factory=lease.new_owner_id)
     stop_event: threading.Event | None = None
     """Set by the host to stop a run early (the run stays resumable)."""
 
