@@ -77,7 +77,7 @@ class SyncOptions:
     """Concurrent fetch threads (all share the per-endpoint rate budgets)."""
     profile_windows: int = 12
     """Full runs split the profile backfill into this many ``updated`` windows."""
-    members_per_slice: int = 20_000
+    members_per_slice: int = 5_000
     """Groups known to be larger than this are scanned in parallel ``joined_group_at`` slices."""
     max_member_slices: int = 16
     queue_pages: int = 48
@@ -239,7 +239,10 @@ class SyncRun:
                             self._submit(self._fetch_stream, s)
                     else:
                         self._enqueue(("finalize_group", g["group_id"], None))
-                elif self.mode == "full" or g["scanned_gen"] == 0:
+                elif g["scanned_gen"] == 0:
+                    # Never scanned: its size decides how many parallel slices it gets.
+                    self._submit(self._count_then_scan, g)
+                elif self.mode == "full":
                     self._submit(self._start_scan, g)
                 else:
                     # Even an inactive segment is checked: it no longer gains members, but
@@ -432,11 +435,29 @@ class SyncRun:
         kind = "list" if stream["key"].startswith("members:list:") else "segment"
         return member_request(kind, stream["group_id"], stream["lo"], stream["hi"])
 
-    def _start_scan(self, group: dict) -> None:
-        """Create the scan streams of one group (sliced when it is large) and run them."""
+    def _profile_count(self, group: dict) -> int | None:
+        kind, gid = group["kind"], group["group_id"]
+        detail = self.client.get(
+            f"/api/{kind}s/{gid}", {f"additional-fields[{kind}]": "profile_count", f"fields[{kind}]": "profile_count"}
+        )
+        count = ((detail.get("data") or {}).get("attributes") or {}).get("profile_count")
+        return count if isinstance(count, int) and count >= 0 else None
+
+    def _count_then_scan(self, group: dict) -> None:
+        count = self._profile_count(group)
+        self._start_scan(group, expected=count)
+
+    def _start_scan(self, group: dict, expected: int | None = None) -> None:
+        """Create the scan streams of one group (sliced when it is large) and run them.
+
+        One cursor is one sequential chain of requests, so a big group is split into
+        ``joined_group_at`` slices scanned in parallel; the first and last slices are
+        open-ended, so nobody is missed whatever their join date.
+        """
+        size = expected if expected is not None else group["member_count"]
         slices = 1
-        if group["member_count"] > self.options.members_per_slice:
-            slices = min(self.options.max_member_slices, math.ceil(group["member_count"] / self.options.members_per_slice))
+        if size > self.options.members_per_slice:
+            slices = min(self.options.max_member_slices, math.ceil(size / self.options.members_per_slice))
         start = parse_iso(group["created"]) if group["created"] else None
         bounds = time_slices(start, utcnow(), slices)
         rows = [
@@ -461,7 +482,6 @@ class SyncRun:
     def _check_group(self, group: dict) -> None:
         """Incremental: recent joins, then the member count tells whether anyone left."""
         kind, gid = group["kind"], group["group_id"]
-        since = group.get("last_checked_at")
         with self.ctx.storage.transaction() as tx:
             run = tx.execute(
                 select(run_t.c.klaviyo_start, run_t.c.profiles_since)
@@ -485,13 +505,10 @@ class SyncRun:
         while not done.wait(0.2):
             if self.stop.is_set():
                 raise _Stop()
-        detail = self.client.get(
-            f"/api/{kind}s/{gid}", {f"additional-fields[{kind}]": "profile_count", f"fields[{kind}]": "profile_count"}
-        )
-        count = ((detail.get("data") or {}).get("attributes") or {}).get("profile_count")
+        count = self._profile_count(group)
         with self.ctx.storage.transaction() as tx:
             ours = self.writer.member_count(tx, gid)
-        if isinstance(count, int) and count == ours:
+        if count is not None and count == ours:
             self.counters.counts["groups_unchanged"] += 1
             self._enqueue(("group_checked", gid, None))
         else:

@@ -104,3 +104,148 @@ def sms_status(attrs) -> str | None:
 def expected_name(attrs) -> str | None:
     parts = [p.strip() for p in (attrs.get("first_name"), attrs.get("last_name")) if isinstance(p, str) and p.strip()]
     return " ".join(parts) or None
+
+
+# --------------------------------------------------------------------------------------------
+# Additions for tests/test_fidelity.py (identity, skips, PII needles), same independent spirit.
+
+# The countries the stand-in's generator uses, with their phonenumbers regions.
+COUNTRY_REGIONS = {
+    "united states": "US",
+    "united kingdom": "GB",
+    "france": "FR",
+    "brazil": "BR",
+    "germany": "DE",
+    "canada": "CA",
+    "japan": "JP",
+}
+
+
+def expected_phone(attrs) -> str | None:
+    """The E.164 number a profile's ``phone_number`` should become, or None (unparseable/absent).
+
+    ``+…`` numbers are international; national ones use the region of ``location.country``,
+    else the region of ``locale`` (``de-DE``)."""
+    raw = attrs.get("phone_number")
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    text = raw.strip()
+    region = None
+    if not text.startswith("+"):
+        country = (attrs.get("location") or {}).get("country")
+        if isinstance(country, str):
+            region = COUNTRY_REGIONS.get(country.strip().lower())
+            if region is None and len(country.strip()) == 2:
+                region = country.strip().upper()
+        if region is None and isinstance(attrs.get("locale"), str) and "-" in attrs["locale"]:
+            region = attrs["locale"].rsplit("-", 1)[1].upper()
+        if region is None:
+            return None
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _compact_json_bytes(value) -> int:
+    import json
+
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+
+
+def expected_skip_reason(attrs) -> str | None:
+    """The documented skip reason of a profile (docs/mapping.md, "Skips"), None when imported."""
+    if attrs is None:
+        return "no_email_or_phone"
+    raw_email = attrs.get("email")
+    email = valid_email(raw_email)
+    email_problem = None
+    if raw_email is not None and email is None:
+        if not isinstance(raw_email, str):
+            email_problem = "malformed: email"
+        elif raw_email.strip():
+            email_problem = "invalid_email"
+    raw_phone = attrs.get("phone_number")
+    phone = expected_phone(attrs)
+    phone_problem = None
+    if raw_phone is not None and phone is None:
+        if not isinstance(raw_phone, str):
+            phone_problem = "malformed: phone_number"
+        elif raw_phone.strip():
+            phone_problem = "invalid_phone"
+    if email is None and phone is None:
+        if email_problem == "invalid_email":
+            return "invalid_email_no_phone"
+        if email_problem is not None:
+            return email_problem
+        if phone_problem == "invalid_phone":
+            return "invalid_phone_no_email"
+        if phone_problem is not None:
+            return phone_problem
+        return "no_email_or_phone"
+    custom = attrs.get("properties")
+    if isinstance(custom, dict):
+        if any(_compact_json_bytes(v) > 64 * 1024 for v in custom.values()):
+            return "property_too_large"
+        if _compact_json_bytes(custom) > 512 * 1024:
+            return "property_too_large"
+    return None
+
+
+def identity_clusters(profiles) -> list[list[str]]:
+    """Klaviyo ids that must end up on one contact: profiles sharing a normalized email or
+    an E.164 phone (union-find), among the profiles that are imported. Sorted id lists."""
+    parent: dict[str, str] = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first_by_key: dict[tuple[str, str], str] = {}
+    for p in profiles:
+        attrs = p["attributes"]
+        if expected_skip_reason(attrs) is not None:
+            continue
+        kid = p["id"]
+        parent.setdefault(kid, kid)
+        email = valid_email(attrs.get("email"))
+        keys = []
+        if email:
+            keys.append(("email", email.lower()))
+        phone = expected_phone(attrs)
+        if phone:
+            keys.append(("phone", phone))
+        for key in keys:
+            other = first_by_key.setdefault(key, kid)
+            if other != kid:
+                parent[find(kid)] = find(other)
+    clusters: dict[str, list[str]] = defaultdict(list)
+    for kid in parent:
+        clusters[find(kid)].append(kid)
+    return sorted(sorted(c) for c in clusters.values())
+
+
+def pii_needles(profiles, min_len: int = 8) -> set[str]:
+    """Every email and phone number of the profiles, raw and normalized (lowercase, E.164,
+    digits only), as strings long enough not to appear by chance in random bytes."""
+    out: set[str] = set()
+    for p in profiles:
+        attrs = p["attributes"]
+        raw = attrs.get("email")
+        if isinstance(raw, str) and raw.strip():
+            out.update({raw.strip(), raw.strip().lower()})
+        raw = attrs.get("phone_number")
+        if isinstance(raw, str) and raw.strip():
+            out.add(raw.strip())
+            digits = phone_digits(raw)
+            if digits and len(digits) >= 9:
+                out.add(digits)
+        e164 = expected_phone(attrs)
+        if e164:
+            out.update({e164, e164[1:]})
+    return {n for n in out if len(n) >= min_len}
