@@ -58,13 +58,19 @@ def info() -> IntegrationInfo:
 
 
 def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
-    """A client for this store's settings: base URL and (for stand-ins) time scale."""
+    """A client for this store's settings.
+
+    ``KLAVIYO_BASE_URL`` (default Klaviyo), and for stand-ins and tests
+    ``KLAVIYO_TIME_SCALE`` (the stand-in's clock scale), ``KLAVIYO_RATE_LIMITS=off`` and
+    ``KLAVIYO_MAX_RETRIES``.
+    """
     settings = ctx.settings or {}
     base_url = settings.get("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL
     scale = float(settings.get("KLAVIYO_TIME_SCALE") or 1.0)
     enabled = (settings.get("KLAVIYO_RATE_LIMITS") or "on").lower() not in ("off", "0", "false", "no")
     budgets = RateBudgets(time_scale=scale, enabled=enabled)
-    return KlaviyoClient(api_key, base_url=base_url, budgets=budgets)
+    retries = int(settings.get("KLAVIYO_MAX_RETRIES") or 8)
+    return KlaviyoClient(api_key, base_url=base_url, budgets=budgets, max_retries=retries)
 
 
 def install(ctx: HostContext) -> IntegrationStatus:

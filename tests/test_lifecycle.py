@@ -253,3 +253,31 @@ def test_stores_are_isolated(h, db_url, tmp_path, server):
     assert other.status().state.value == "pending_integration"
     assert other.export() == []
     assert other.sync("full").outcome == "not_installed"
+
+
+def test_a_removed_scope_pauses_and_names_the_scope(h, server):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    server.api_keys[DEFAULT_API_KEY] = frozenset(s for s in ALL_SCOPES if s != "segments:read")
+    report = h.sync("full")
+    assert report.outcome == "paused"
+    status = h.status()
+    assert status.state.value == "sync_paused"
+    assert status.pause_reason.value == "missing_scope"
+    assert "segments:read" in status.pause_detail
+
+
+def test_repeated_errors_pause_with_a_reason_instead_of_hanging(db_url, tmp_path, server, account):
+    host = make_host(db_url, tmp_path, server, KLAVIYO_MAX_RETRIES="1")
+    h = Harness(host=host, server=server, account=account)
+    h.install_and_authorize(DEFAULT_API_KEY)
+    server.inject(None, 503, count=10_000)
+    outcomes = [h.sync("incremental").outcome for _ in range(3)]
+    assert outcomes == ["failed", "failed", "paused"]
+    status = h.status()
+    assert status.pause_reason.value == "sync_error"
+    assert "3 consecutive" in status.pause_detail
+    server.clear_faults()
+    # A later run (scheduled daily, or manual) that succeeds resumes syncing.
+    assert h.sync("incremental").outcome == "completed"
+    assert h.status().state.value == "syncing"
+    host.close()
