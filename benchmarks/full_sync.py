@@ -37,39 +37,46 @@ gives::
     T_rate(N) = max( max(0, N - S) / (S/60 * k),      # steady: 750/min -> 12.5 req/s * k
                      max(0, N - B) / (B * k) )          # burst: 75/s * k
 
-Requests needed per budget (first full sync):
+Requests needed per budget (first full sync; ``m`` = a group's members, ``s(m)`` = its
+slices, ``min(max_member_slices, ceil(m / members_per_slice))`` when
+``m > members_per_slice``, else 1):
 
-* ``/api/profiles``: ``ceil(P/100)`` pages (+1 per profile window whose last page is
-  full, ignored) + 2 probes (newest/oldest ``updated``);
-* ``/api/lists/{id}/relationships/profiles``: ``sum over lists of max(1, ceil(m/100))``;
+* ``/api/profiles``: ``ceil(P/100)`` pages + 2 probes (newest/oldest ``updated``);
+* ``/api/lists/{id}/relationships/profiles``: ``sum over lists of s(m) * max(1, ceil(m/s(m)/100))``;
 * ``/api/segments/{id}/relationships/profiles``: the same over segments (a separate
   budget: lists' and segments' relationship endpoints do not share a quota);
+* ``/api/lists/{id}`` / ``/api/segments/{id}`` with ``additional-fields=profile_count``:
+  one per never-scanned group (its size decides its slices); budget 1/s, 15/min;
 * ``/api/lists``, ``/api/segments``: ``ceil(groups/10)`` pages each.
 
-Profiles and the two membership families run in parallel on separate budgets, so::
+Profiles, the two membership families and the two ``profile_count`` budgets run in
+parallel on separate budgets, so::
 
-    T_parallel = max(T_rate(N_profiles), T_rate(N_list_members), T_rate(N_segment_members))
+    T_parallel = max over those five budgets of T_rate(N_budget)
 
 The parts that cannot overlap with them are sequential: the two probes and the group
 listing (``lists`` pages, then ``segments`` pages); they cost latency, not budget::
 
     T_seq = L * (2 + ceil(lists/10) + ceil(segments/10))
 
-With a latency ``L`` per request, a cursor is a chain: its pages are fetched one after
-the other, so the longest single-cursor stream bounds the run too::
+With a latency ``L`` per request a cursor is a chain (its pages come one after the
+other), so the longest single-cursor stream bounds the run too. Streams are those the
+plugin creates on a first full sync: ``profile_windows`` (12) ``updated`` windows of
+``ceil(P/12/100)`` pages, and per group ``s(m)`` slices of ``ceil(m/s(m)/100)`` pages
+that can only start once the group's ``profile_count`` is known; the k-th count (best
+order: longest chains first, per kind) is not answered before ``T_rate(k)`` on its
+budget::
 
-    T_chain = L * max(pages of the biggest single-cursor stream)
+    T_chain = max( L * ceil(P/12/100),
+                   max over groups (k-th by chain length) of T_rate_count(k) + L * (1 + pages per slice) )
 
-where the streams are those the plugin creates on a first full sync: ``profile_windows``
-(12) ``updated`` windows of about ``ceil(P/12/100)`` pages each, and one stream per group
-(``members_per_slice`` slicing only applies once a group's size is known, i.e. from the
-second full run on), so the biggest group usually sets the chain. Then::
+Then::
 
     bound = T_seq + max(T_parallel, T_chain)
 
-Also printed, for information (not part of the bound): ``T_chain`` if the plugin sliced
-every group as it would when sizes are known (``ideal_chain``), the concurrency limit
-``L * total_pages / workers``, and the bound at the plugin's own 90 % margin.
+With no latency and no rate limits the bound is 0 (CPU-bound: read profiles/s instead).
+Also printed, for information (not part of the bound): the bound at the plugin's own
+90 % margin and the concurrency limit ``L * total_requests / workers``.
 
 ``--incremental-after PERCENT`` is NOT available: the stand-in runs in another process
 and its CLI offers no admin endpoint to mutate profiles (it serves GET only), so the
@@ -99,6 +106,8 @@ LISTS_PATH = "/api/lists"
 SEGMENTS_PATH = "/api/segments"
 LIST_MEMBERS = "/api/lists/{id}/relationships/profiles"
 SEGMENT_MEMBERS = "/api/segments/{id}/relationships/profiles"
+LIST_COUNT = "/api/lists/{id}"
+SEGMENT_COUNT = "/api/segments/{id}"
 PAGE = 100
 GROUP_PAGE = 10
 
@@ -238,7 +247,7 @@ def rate_time(n: int, burst: int, steady: int, scale: float, margin: float = 1.0
 def compute_bound(shape: dict, *, latency: float, scale: float, rate_limits: bool, workers: int,
                   profile_windows: int, members_per_slice: int, max_member_slices: int,
                   margin: float = 1.0) -> dict:
-    from smartpush_plugin_klaviyo.ratelimit import ENDPOINT_LIMITS
+    from smartpush_plugin_klaviyo.ratelimit import ENDPOINT_LIMITS, PROFILE_COUNT_SUFFIX
 
     n_profiles = shape["profiles"]
     lists = [g for g in shape["groups"] if g["kind"] == "list"]
@@ -247,43 +256,64 @@ def compute_bound(shape: dict, *, latency: float, scale: float, rate_limits: boo
     def pages(m: int) -> int:
         return max(1, math.ceil(m / PAGE))
 
+    def slices(m: int) -> int:
+        return min(max_member_slices, math.ceil(m / members_per_slice)) if m > members_per_slice else 1
+
+    def rt(endpoint: str, n: int) -> float:
+        if not rate_limits or n <= 0:
+            return 0.0
+        lim = ENDPOINT_LIMITS[endpoint]
+        return rate_time(n, lim.burst, lim.steady, scale, margin)
+
+    # pages of a sliced group: the slices are equal time ranges, not equal counts; members
+    # join evenly in the stand-in, so each slice holds about m/slices (+1 page per slice).
+    member_pages = {id(g): sum(pages(math.ceil(g["members"] / slices(g["members"]))) for _ in range(slices(g["members"])))
+                    for g in shape["groups"]}
     needed = {
         PROFILES_PATH: math.ceil(n_profiles / PAGE) + 2,
         LISTS_PATH: max(1, math.ceil(len(lists) / GROUP_PAGE)),
         SEGMENTS_PATH: max(1, math.ceil(len(segments) / GROUP_PAGE)),
-        LIST_MEMBERS: sum(pages(g["members"]) for g in lists),
-        SEGMENT_MEMBERS: sum(pages(g["members"]) for g in segments),
+        LIST_MEMBERS: sum(member_pages[id(g)] for g in lists),
+        SEGMENT_MEMBERS: sum(member_pages[id(g)] for g in segments),
+        LIST_COUNT: len(lists),
+        SEGMENT_COUNT: len(segments),
     }
-    per_endpoint = {}
-    for ep, n in needed.items():
-        lim = ENDPOINT_LIMITS[ep]
-        per_endpoint[ep] = rate_time(n, lim.burst, lim.steady, scale, margin) if rate_limits else 0.0
-    t_parallel = max(per_endpoint[PROFILES_PATH], per_endpoint[LIST_MEMBERS], per_endpoint[SEGMENT_MEMBERS])
-    t_seq_rate = per_endpoint[LISTS_PATH] + per_endpoint[SEGMENTS_PATH]  # ~0: a few requests
-    t_seq = latency * (2 + needed[LISTS_PATH] + needed[SEGMENTS_PATH]) + t_seq_rate
-    biggest = max((g["members"] for g in shape["groups"]), default=0)
+    per_endpoint = {
+        PROFILES_PATH: rt(PROFILES_PATH, needed[PROFILES_PATH]),
+        LISTS_PATH: rt(LISTS_PATH, needed[LISTS_PATH]),
+        SEGMENTS_PATH: rt(SEGMENTS_PATH, needed[SEGMENTS_PATH]),
+        LIST_MEMBERS: rt(LIST_MEMBERS, needed[LIST_MEMBERS]),
+        SEGMENT_MEMBERS: rt(SEGMENT_MEMBERS, needed[SEGMENT_MEMBERS]),
+        LIST_COUNT: rt("/api/lists/{id}" + PROFILE_COUNT_SUFFIX, needed[LIST_COUNT]),
+        SEGMENT_COUNT: rt("/api/segments/{id}" + PROFILE_COUNT_SUFFIX, needed[SEGMENT_COUNT]),
+    }
+    t_parallel = max(per_endpoint[k] for k in (PROFILES_PATH, LIST_MEMBERS, SEGMENT_MEMBERS, LIST_COUNT, SEGMENT_COUNT))
+    t_seq = latency * (2 + needed[LISTS_PATH] + needed[SEGMENTS_PATH]) + per_endpoint[LISTS_PATH] + per_endpoint[SEGMENTS_PATH]
+
+    # chains: a profile window, or a group's slice that can only start once its count is known.
     window_pages = math.ceil(n_profiles / max(1, profile_windows) / PAGE)
-    chain_pages = max(window_pages, pages(biggest))
-    t_chain = latency * chain_pages
-
-    def sliced_pages(m: int) -> int:
-        slices = 1
-        if m > members_per_slice:
-            slices = min(max_member_slices, math.ceil(m / members_per_slice))
-        return math.ceil(pages(m) / slices)
-
-    ideal_chain_pages = max([window_pages] + [sliced_pages(g["members"]) for g in shape["groups"]])
-    total_pages = sum(v for k, v in needed.items())
-    bound = t_seq + max(t_parallel, t_chain)
+    chain = latency * window_pages
+    chain_pages = window_pages
+    count_budget = {"list": "/api/lists/{id}" + PROFILE_COUNT_SUFFIX, "segment": "/api/segments/{id}" + PROFILE_COUNT_SUFFIX}
+    for kind, groups in (("list", lists), ("segment", segments)):
+        # best order: the longest chains are counted first; the k-th count cannot be
+        # answered before rate_time(k+1) on the profile_count budget.
+        ordered = sorted((math.ceil(member_pages[id(g)] / slices(g["members"])) for g in groups), reverse=True)
+        for k, p in enumerate(ordered):
+            start = (rate_time(k + 1, ENDPOINT_LIMITS[count_budget[kind]].burst,
+                               ENDPOINT_LIMITS[count_budget[kind]].steady, scale, margin) if rate_limits else 0.0)
+            c = start + latency * (1 + p)
+            if c > chain:
+                chain, chain_pages = c, p
+    total_pages = sum(needed.values())
+    bound = t_seq + max(t_parallel, chain)
     return {
         "requests_needed": needed,
         "rate_seconds": {k: round(v, 3) for k, v in per_endpoint.items()},
         "t_parallel": t_parallel,
         "t_seq": t_seq,
-        "t_chain": t_chain,
+        "t_chain": chain,
         "chain_pages": chain_pages,
-        "ideal_chain_pages": ideal_chain_pages,
-        "ideal_bound": t_seq + max(t_parallel, latency * ideal_chain_pages),
         "concurrency_floor": latency * total_pages / max(1, workers),
         "bound": bound,
     }
@@ -440,9 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bound          : {b['bound']:.2f} s = seq {b['t_seq']:.2f} + max(rate {b['t_parallel']:.2f}, "
           f"chain {b['t_chain']:.2f} [{b['chain_pages']} pages])")
     print(f"  rate per budget: " + ", ".join(f"{k} {v}s" for k, v in b["rate_seconds"].items()))
-    print(f"  info: at the plugin's 90% margin {bound90:.2f} s; if groups were sliced "
-          f"{b['ideal_bound']:.2f} s (chain {b['ideal_chain_pages']} pages); "
-          f"latency*pages/workers {b['concurrency_floor']:.2f} s")
+    print(f"  info: at the plugin's 90% margin {bound90:.2f} s; "
+          f"latency*pages/workers {b['concurrency_floor']:.2f} s (workers {eff.workers})")
     print(f"wall / bound   : {result['wall_over_bound']}")
     print(f"profiles/s     : {result['profiles_per_second']}")
     print(f"peak RSS       : {result['peak_rss_mb']} MiB (sync process; before sync {result['rss_before_sync_mb']} MiB)")

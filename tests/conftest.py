@@ -59,3 +59,20 @@ def spec_path() -> Path:
     if not path.exists():
         pytest.skip(f"Klaviyo OpenAPI spec not found at {path}")
     return path
+
+
+@pytest.fixture
+def store_ids():
+    """Unique store ids, so tests sharing one database never see each other's rows."""
+    prefix = uuid.uuid4().hex[:10]
+    return lambda n: [f"t{prefix}-{i}" for i in range(n)]
+
+
+@pytest.fixture
+def host(tmp_path, db_url):
+    """A development host on a fresh database, reading no environment."""
+    from hookspecs.devhost.host import DevHost
+
+    h = DevHost(db_url, tmp_path / "home", env={})
+    yield h
+    h.close()

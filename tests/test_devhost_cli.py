@@ -17,34 +17,6 @@ from hookspecs import get_plugin_manager, hookimpl
 from hookspecs.devhost.cli import build_cli
 from hookspecs.types import AuthorizeResult, IntegrationInfo, IntegrationState, IntegrationStatus, SyncReport
 
-# -- shared by the tests/test_devhost_*.py files (duplicated: conftest.py is not ours)
-@pytest.fixture
-def devhost_db_url(db_url):
-    """A fresh database; with SMARTPUSH_TEST_DATABASE_URL, a fresh schema in that database."""
-    shared = os.environ.get("SMARTPUSH_TEST_DATABASE_URL")
-    if not shared or not shared.startswith("postgresql"):
-        yield shared or db_url
-        return
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    schema = f"sp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(shared, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(shared).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
-@pytest.fixture
-def store_ids():
-    """Unique store ids, so tests sharing one database never see each other's rows."""
-    prefix = uuid.uuid4().hex[:10]
-    return lambda n: [f"t{prefix}-{i}" for i in range(n)]
-
 
 SECRET = "pk_test_DO_NOT_PRINT_0123456789"
 
@@ -94,13 +66,13 @@ class FakePlugin:
 
 
 @pytest.fixture
-def run(tmp_path, devhost_db_url, store_ids):
+def run(tmp_path, db_url, store_ids):
     pm = get_plugin_manager(load_entry_points=False)
     plugin = FakePlugin()
     pm.register(plugin)
     cli = build_cli(pm)
     (store,) = store_ids(1)
-    base = ["--db", devhost_db_url, "--home", str(tmp_path / "home"), "--store", store]
+    base = ["--db", db_url, "--home", str(tmp_path / "home"), "--store", store]
 
     def invoke(*args, input=None, env=None):
         env = {"SMARTPUSH_MASTER_KEY": None, "KLAVIYO_API_KEY": None, "FAKE_API_KEY": None, **(env or {})}

@@ -12,41 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from hookspecs.devhost.host import DevHost
 from hookspecs.interfaces import Contact, ContactStore, NewContact
 
-# -- shared by the tests/test_devhost_*.py files (duplicated: conftest.py is not ours)
-@pytest.fixture
-def devhost_db_url(db_url):
-    """A fresh database; with SMARTPUSH_TEST_DATABASE_URL, a fresh schema in that database."""
-    shared = os.environ.get("SMARTPUSH_TEST_DATABASE_URL")
-    if not shared or not shared.startswith("postgresql"):
-        yield shared or db_url
-        return
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    schema = f"sp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(shared, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(shared).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
-@pytest.fixture
-def store_ids():
-    """Unique store ids, so tests sharing one database never see each other's rows."""
-    prefix = uuid.uuid4().hex[:10]
-    return lambda n: [f"t{prefix}-{i}" for i in range(n)]
-
-
-@pytest.fixture
-def host(tmp_path, devhost_db_url):
-    h = DevHost(devhost_db_url, tmp_path / "home", env={})
-    yield h
-    h.close()
-
 
 def _people(n: int, domain: str = "shop.example") -> list[NewContact]:
     return [
@@ -210,17 +175,17 @@ for batch in range(15):
 """
 
 
-def test_concurrent_writer_processes(tmp_path, devhost_db_url, store_ids):
+def test_concurrent_writer_processes(tmp_path, db_url, store_ids):
     import subprocess
     import sys
 
     stores = store_ids(3)
-    DevHost(devhost_db_url, tmp_path, env={}).close()  # create key file and tables first
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, devhost_db_url, str(tmp_path), s],
+    DevHost(db_url, tmp_path, env={}).close()  # create key file and tables first
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, db_url, str(tmp_path), s],
                               stderr=subprocess.PIPE, text=True) for s in stores]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
-    host = DevHost(devhost_db_url, tmp_path, env={})
+    host = DevHost(db_url, tmp_path, env={})
     with host.storage.transaction() as tx:
         for s in stores:
             cs = host.contacts(s)

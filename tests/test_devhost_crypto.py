@@ -22,34 +22,6 @@ from hookspecs.devhost.crypto import (
 from hookspecs.devhost.host import DevHost
 from hookspecs.interfaces import NewContact
 
-# -- shared by the tests/test_devhost_*.py files (duplicated: conftest.py is not ours)
-@pytest.fixture
-def devhost_db_url(db_url):
-    """A fresh database; with SMARTPUSH_TEST_DATABASE_URL, a fresh schema in that database."""
-    shared = os.environ.get("SMARTPUSH_TEST_DATABASE_URL")
-    if not shared or not shared.startswith("postgresql"):
-        yield shared or db_url
-        return
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    schema = f"sp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(shared, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(shared).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
-@pytest.fixture
-def store_ids():
-    """Unique store ids, so tests sharing one database never see each other's rows."""
-    prefix = uuid.uuid4().hex[:10]
-    return lambda n: [f"t{prefix}-{i}" for i in range(n)]
-
 
 def _keyring() -> Keyring:
     return Keyring([MasterKey(os.urandom(32))])
@@ -122,9 +94,9 @@ def test_env_master_key(tmp_path):
         load_keyring(tmp_path, env={"SMARTPUSH_MASTER_KEY": "bm90IDMyIGJ5dGVz"})
 
 
-def test_rotation_keeps_data_readable_and_searchable(tmp_path, devhost_db_url, store_ids):
+def test_rotation_keeps_data_readable_and_searchable(tmp_path, db_url, store_ids):
     env = {}
-    host = DevHost(devhost_db_url, tmp_path / "home", env=env)
+    host = DevHost(db_url, tmp_path / "home", env=env)
     a, b = store_ids(2)
     people = [NewContact(email=f"P{i}@Example.com", phone=f"+3361234{i:04d}", name=f"N{i}", properties={"kla_i": i})
               for i in range(1203)]
@@ -140,7 +112,7 @@ def test_rotation_keeps_data_readable_and_searchable(tmp_path, devhost_db_url, s
     assert report.contacts_reencrypted >= 1206 and report.secrets_reencrypted >= 1
     assert report.retired_key_ids == [old_id] and report.new_key_id != old_id
     # a fresh process reading the key file sees the same thing
-    fresh = DevHost(devhost_db_url, tmp_path / "home", env=env)
+    fresh = DevHost(db_url, tmp_path / "home", env=env)
     statuses = {k.key_id: k.status for k in fresh.keyring.keys()}
     assert statuses == {report.new_key_id: ACTIVE, old_id: RETIRED}
     for h in (host, fresh):
@@ -156,10 +128,10 @@ def test_rotation_keeps_data_readable_and_searchable(tmp_path, devhost_db_url, s
     assert stat.S_IMODE((tmp_path / "home" / "master.key").stat().st_mode) == 0o600
 
 
-def test_lookups_work_mid_rotation(tmp_path, devhost_db_url, store_ids):
+def test_lookups_work_mid_rotation(tmp_path, db_url, store_ids):
     """Rows still under the previous key are found while a rotation is under way."""
     (store,) = store_ids(1)
-    host = DevHost(devhost_db_url, tmp_path, env={})
+    host = DevHost(db_url, tmp_path, env={})
     with host.storage.transaction() as tx:
         (uid,) = host.contacts(store).create_many(tx, [NewContact(email="mid@x.io")])
     keyfile = KeyFile(tmp_path / "master.key")

@@ -15,34 +15,6 @@ from hookspecs.devhost.models import utcnow
 from hookspecs.devhost.scheduler import run_loop
 from hookspecs.types import SyncReport
 
-# -- shared by the tests/test_devhost_*.py files (duplicated: conftest.py is not ours)
-@pytest.fixture
-def devhost_db_url(db_url):
-    """A fresh database; with SMARTPUSH_TEST_DATABASE_URL, a fresh schema in that database."""
-    shared = os.environ.get("SMARTPUSH_TEST_DATABASE_URL")
-    if not shared or not shared.startswith("postgresql"):
-        yield shared or db_url
-        return
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
-    schema = f"sp_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(shared, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(shared).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.dispose()
-
-
-@pytest.fixture
-def store_ids():
-    """Unique store ids, so tests sharing one database never see each other's rows."""
-    prefix = uuid.uuid4().hex[:10]
-    return lambda n: [f"t{prefix}-{i}" for i in range(n)]
-
 
 class CountingPlugin:
     """Records every sync call; slow enough that two workers overlap."""
@@ -71,9 +43,9 @@ def plugin():
     pm.unregister(p)
 
 
-def test_schedule_next_run_unschedule(tmp_path, devhost_db_url, store_ids):
+def test_schedule_next_run_unschedule(tmp_path, db_url, store_ids):
     store, other = store_ids(2)
-    host = DevHost(devhost_db_url, tmp_path, env={})
+    host = DevHost(db_url, tmp_path, env={})
     sched = host.context(store).scheduler
     assert sched.next_run("fake") is None
     first = utcnow() + timedelta(hours=1)
@@ -86,10 +58,10 @@ def test_schedule_next_run_unschedule(tmp_path, devhost_db_url, store_ids):
     assert sched.next_run("fake") is None
 
 
-def test_due_job_runs_once_with_two_workers(tmp_path, devhost_db_url, store_ids, plugin):
+def test_due_job_runs_once_with_two_workers(tmp_path, db_url, store_ids, plugin):
     pm, p = plugin
     a, b = store_ids(2)
-    hosts = [DevHost(devhost_db_url, tmp_path, env={}) for _ in range(2)]  # two engines, like two processes
+    hosts = [DevHost(db_url, tmp_path, env={}) for _ in range(2)]  # two engines, like two processes
     now = utcnow()
     hosts[0].context(a).scheduler.schedule("fake", every=timedelta(days=1), first_run=now - timedelta(seconds=1))
     hosts[0].context(b).scheduler.schedule("fake", every=timedelta(days=1), first_run=now + timedelta(hours=1))
@@ -116,9 +88,9 @@ def test_due_job_runs_once_with_two_workers(tmp_path, devhost_db_url, store_ids,
     assert len(p.calls) == 2
 
 
-def test_unknown_integration_and_plugin_errors_keep_the_worker_alive(tmp_path, devhost_db_url, store_ids):
+def test_unknown_integration_and_plugin_errors_keep_the_worker_alive(tmp_path, db_url, store_ids):
     (store,) = store_ids(1)
-    host = DevHost(devhost_db_url, tmp_path, env={})
+    host = DevHost(db_url, tmp_path, env={})
 
     class Exploding:
         @hookimpl

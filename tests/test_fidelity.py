@@ -229,6 +229,8 @@ def test_merge_into_pre_existing_contacts(env, tmp_path, account):
     email_kids = [k for k in alone if exp.valid_email(profiles[k].get("email"))][:8]
     # the showcase padded, mixed-case address must be one of them when it is unshared
     phone_kids = [k for k in alone if not exp.valid_email(profiles[k].get("email")) and exp.expected_phone(profiles[k])][:4]
+    fill_kid = next(k for k in alone if k not in email_kids and exp.valid_email(profiles[k].get("email"))
+                    and exp.expected_phone(profiles[k]))
     assert len(email_kids) == 8 and len(phone_kids) == 4
 
     pre: dict[str, dict] = {}  # uid -> record
@@ -249,13 +251,15 @@ def test_merge_into_pre_existing_contacts(env, tmp_path, account):
             "name": f"Phone Person {i}" if keep else None, "country": "Atlantis" if keep else "",
             "properties": {"pos_customer": True}, "tags": ["in_store"],
         }
+    # a phone-only SmartPush contact whose Klaviyo profile also has an email: the email is filled
+    pre["pre-fill"] = {"uid": "pre-fill", "phone": exp.expected_phone(profiles[fill_kid]), "tags": []}
     unrelated = {"uid": "pre-unrelated", "email": "unrelated.customer@merchant.example", "name": "Walk In",
                  "properties": {"kla_like_but_mine": 1, "note": "x"}, "tags": ["walk_in"]}
     pre["pre-unrelated"] = unrelated
     import_file(env, tmp_path, list(pre.values()))
     matched = dict(zip([f"pre-email-{i}" for i in range(8)], email_kids)) | dict(
         zip([f"pre-phone-{i}" for i in range(4)], phone_kids)
-    )
+    ) | {"pre-fill": fill_kid}
 
     connect(env)
     report = full_sync(env)
@@ -272,11 +276,14 @@ def test_merge_into_pre_existing_contacts(env, tmp_path, account):
         assert kid_of[kid]["uid"] == uid
         if uid.startswith("pre-email"):
             assert c["email"] == record["email"].strip(), f"{uid}: the merchant's address was rewritten"
+        elif uid == "pre-fill":
+            assert c["phone"] == record["phone"]
+            assert c["email"] == exp.valid_email(attrs["email"]), "empty email not filled from Klaviyo"
         else:
             assert c["phone"] == record["phone"]
             assert c["email"] is None
         # non-empty fields kept, empty ones filled from Klaviyo
-        assert c["name"] == (record["name"] or exp.expected_name(attrs)), uid
+        assert c["name"] == (record.get("name") or exp.expected_name(attrs)), uid
         assert c["country"] == ((record.get("country") or None) or expected_country(attrs)), uid
         if not record.get("phone") and exp.expected_phone(attrs):
             assert c["phone"] == exp.expected_phone(attrs), f"{uid}: empty phone not filled"
@@ -287,6 +294,8 @@ def test_merge_into_pre_existing_contacts(env, tmp_path, account):
             assert c["properties"].get(key) == value, f"{uid}: own property {key} lost"
         assert_custom_properties(c, attrs)
         assert set(c["tags"]) == set(record["tags"]) | profile_tags.get(kid, set()), uid
+        if c["phone"]:
+            assert c["sms_subscription"] == exp.sms_status(attrs), uid
 
     # the unrelated contact is untouched
     u = uid_of["pre-unrelated"]
@@ -459,6 +468,19 @@ def test_duplicate_profiles_become_one_contact_and_are_reported(env, tmp_path, a
     needles = exp.pii_needles(resources)
     assert not [n for n in needles if n.lower() in events.lower()], "PII in the event log"
 
+    # a duplicate that appears later is caught by the incremental sync as well
+    contacts_before = len(contacts)
+    late_target = next(k for k in alone if k not in (target, phone_target) and exp.valid_email(profiles[k].get("email")))
+    late = account.create_profile({"email": exp.valid_email(profiles[late_target]["email"]).upper()})
+    inc = json.loads(smartpush(env, "sync", "klaviyo", "--json").stdout)
+    assert inc["outcome"] == "completed" and inc["mode"] == "incremental"
+    assert inc["counts"].get("duplicate_profiles") == 1
+    contacts = export(env, tmp_path, "after-late.jsonl")
+    assert len(contacts) == contacts_before
+    assert by_klaviyo_id(contacts)[late]["klaviyo_ids"] == sorted([late_target, late])
+    events = smartpush(env, "klaviyo", "events", "--limit", "1000").stdout
+    assert any("duplicate_profile" in line and late in line and late_target in line for line in events.splitlines())
+
 
 # ========================================================================= 4. tags
 def _tag_of(contacts: list[dict], kids_of_group) -> set[str]:
@@ -624,6 +646,9 @@ def test_no_pii_or_key_at_rest_and_key_rotation_keeps_contacts(env, tmp_path, ac
             if isinstance(value, str) and len(value.strip()) >= 8:
                 needles.update({value.strip(), value.strip().lower()})
     assert len(needles) > 300
+    # positive control: the scanner finds the needles where they are in plain text
+    plain = (tmp_path / "before.jsonl").read_text(encoding="utf-8")
+    assert len(_find_needles(plain, needles)) > 200
     leaks = {}
     for column, text in _scan_database(db_url).items():
         hits = _find_needles(text, needles | {DEFAULT_API_KEY})
