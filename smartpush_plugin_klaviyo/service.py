@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, update
 
 from hookspecs.interfaces import HostContext
 from hookspecs.types import (

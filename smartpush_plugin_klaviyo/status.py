@@ -9,7 +9,6 @@ from sqlalchemy import insert, select, update
 from hookspecs.interfaces import HostContext
 from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason
 from smartpush_plugin_klaviyo.state import integration_t, skipped_t, group_t, profile_map_t
-from smartpush_plugin_klaviyo.timeutil import utcnow
 
 INTEGRATION = "klaviyo"
 SECRET_NAME = "klaviyo_private_api_key"
@@ -43,7 +42,7 @@ def pause(ctx: HostContext, reason: PauseReason, detail: str | None = None, **ex
 
 def build_status(ctx: HostContext) -> IntegrationStatus:
     """Read-only: the stored state plus cheap counts. Never calls Klaviyo."""
-    from sqlalchemy import and_, func
+    from sqlalchemy import func
 
     with ctx.storage.transaction() as tx:
         row = load(tx, ctx.store_id)

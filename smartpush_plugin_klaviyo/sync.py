@@ -33,15 +33,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, func, insert, select, update
 
 from hookspecs.interfaces import HostContext
-from hookspecs.types import PauseReason, SkippedRecord, SyncReport
+from hookspecs.types import SkippedRecord, SyncReport
 from smartpush_plugin_klaviyo import groups as groups_mod
-from smartpush_plugin_klaviyo import lease, status
+from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import (
     BadRequestError,
-    InvalidKeyError,
-    KlaviyoAPIError,
     KlaviyoPluginError,
-    MissingScopeError,
     SyncCancelled,
 )
 from smartpush_plugin_klaviyo.state import (

@@ -197,7 +197,7 @@ class PageWriter:
             new_uids = contacts.create_many(
                 tx, [NewContact(**{k: getattr(pending[t], k) for k in _NEW_FIELDS}) for t in temp_ids]
             )
-            real = dict(zip(temp_ids, new_uids))
+            real = dict(zip(temp_ids, new_uids, strict=True))
             for values in map_inserts + map_updates:
                 values["contact_uid"] = real.get(values["contact_uid"], values["contact_uid"])
             events = [(k, _replace_pending(d, real)) for k, d in events]

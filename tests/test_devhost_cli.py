@@ -7,7 +7,6 @@ import os
 import shutil
 import stat
 import subprocess
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest

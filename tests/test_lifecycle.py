@@ -158,7 +158,7 @@ def test_plan_downgrade_pauses_without_fetching_and_upgrade_resumes(h, server):
 
 def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_path):
     account = generate_account(profiles=3000, seed=4)
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.05, clock_scale=CLOCK_SCALE) as server:
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.1, clock_scale=CLOCK_SCALE) as server:
         host = make_host(db_url, tmp_path, server)
         h = Harness(host=host, server=server, account=account)
         h.install_and_authorize(DEFAULT_API_KEY)

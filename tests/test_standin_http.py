@@ -80,7 +80,7 @@ def _group_id(account, kind, name):
 @pytest.mark.parametrize("extra", [{}, {"additional-fields[profile]": "subscriptions"},
                                    {"additional-fields[profile]": "subscriptions,predictive_analytics"}])
 def test_profiles_validate_against_spec(client, validate, extra):
-    after, pages = None, 0
+    pages = 0
     url, params = "/api/profiles", {"page[size]": "100", **extra}
     while url and pages < 4:
         r = client.get(url, params=params)
@@ -140,7 +140,8 @@ def _walk(client, url, params):
 
 
 def test_pagination_visits_every_profile_exactly_once(client, account):
-    for sort in ("id", "updated", "-updated", "created", "-email"):
+    for sort in ("id", "updated", "-updated", "created", "-email",
+                 "subscriptions.email.marketing.suppression.timestamp"):
         ids, pages = _walk(client, "/api/profiles", {"page[size]": "37", "sort": sort})
         assert len(ids) == len(set(ids)) == account.profile_count, sort
         assert pages == -(-account.profile_count // 37)
@@ -197,6 +198,14 @@ def test_profile_equality_filters(client, account):
                 f"equals(phone_number,'{p['attributes']['phone_number']}')"):
         doc = client.get("/api/profiles", params={"filter": flt}).json()
         assert p["id"] in [x["id"] for x in doc["data"]], flt
+
+
+def test_subscription_filters(client, account):
+    flt = "equals(subscriptions.email.marketing.suppression.reason,'HARD_BOUNCE')"
+    ids, _ = _walk(client, "/api/profiles", {"filter": flt, "page[size]": "100"})
+    expected = {p["id"] for p in account.iter_profiles()
+                if any(s["reason"] == "HARD_BOUNCE" for s in p["attributes"]["subscriptions"]["email"]["marketing"]["suppression"])}
+    assert set(ids) == expected and expected
 
 
 def test_member_filters(client, account):
@@ -415,6 +424,11 @@ def test_module_entry_point_serves_in_a_separate_process():
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_default_key_looks_like_a_private_key():
+    import re
+    assert re.fullmatch(r"pk_[0-9a-f]{34}", DEFAULT_API_KEY)
 
 
 def test_all_scopes_cover_every_operation():
