@@ -771,6 +771,11 @@ def _merge_channel(
         notes.append(f"{channel}_status_not_applied:address_differs")
         return existing_status
     mirrored = any(k in old_props for k in keys)
+    if not primary and incoming == SUBSCRIBED and channel == "email" and old_props.get("kla_email_suppressions"):
+        # Another Klaviyo profile of this address is globally suppressed (bounce, spam
+        # complaint): a second profile's SUBSCRIBED must not make the address sendable.
+        notes.append("email_status_not_applied:suppressed_elsewhere")
+        return existing_status
     if primary and mirrored:
         if _evidence(old_props, keys) == _evidence(mapped_props, keys):
             # Klaviyo's consent did not change since it was last mirrored: SmartPush's own

@@ -8,6 +8,7 @@ re-applying a page is harmless because every write is keyed by Klaviyo id.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
-from hookspecs.interfaces import Contact, HostContext, NewContact
+from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.state import (
     event_t,
@@ -27,6 +28,8 @@ from smartpush_plugin_klaviyo.state import (
 from smartpush_plugin_klaviyo.timeutil import utcnow
 
 TAG_PREFIXES = ("kla_list_", "kla_segment_")
+PHONE_TAKEN = "-phone"
+"""Marker in ``owned_fields``: this profile's phone belongs to another contact, never fill it."""
 MAX_REPORTED_SKIPS = 50
 BATCH = 500
 
@@ -128,9 +131,14 @@ class PageWriter:
         for m in by_id.values():
             row = known.get(m.klaviyo_id)
             created = False
+            phone_taken = False
             if row is not None:
                 uid, primary = row.contact_uid, bool(row.is_primary)
                 owned = set(filter(None, (row.owned_fields or "").split(",")))
+                phone_taken = PHONE_TAKEN in owned
+                owned.discard(PHONE_TAKEN)
+                if phone_taken:
+                    m = dataclasses.replace(m, phone=None, sms_status=None)
             else:
                 uid, via, owned = None, None, set()
                 if m.email_key:
@@ -139,6 +147,17 @@ class PageWriter:
                 if uid is None and m.phone:
                     uid = _first(by_phone.get(m.phone)) or page_phone.get(m.phone)
                     via = "phone" if uid else None
+                    holder = (pending.get(uid) or loaded.get(uid)) if uid else None
+                    if holder is not None and m.email_key and holder.email and normalize_email_key(holder.email) != m.email_key:
+                        # Same phone, different email: merging would lose this email. A
+                        # separate contact keeps it; the phone stays with the first contact
+                        # (this one keeps it as kla_phone_number), so no number is messaged twice.
+                        uid, via, phone_taken = None, None, True
+                        counts["shared_phone_profiles"] += 1
+                        events.append(
+                            ("shared_phone", f"Klaviyo profile {m.klaviyo_id} shares its phone with contact "
+                             f"{holder.uid} but has another email; imported as its own contact")
+                        )
                 if uid is None:
                     created = True
                 elif uid.startswith("pending:") or uid in mapped_owner:
@@ -165,6 +184,9 @@ class PageWriter:
                     counts["contacts_recreated"] += 1
                 uid = f"pending:{len(pending)}"
                 draft = mapping.new_contact(m)
+                if phone_taken:
+                    draft.phone = None
+                    draft.sms_subscription = None
                 pending[uid] = Contact(uid=uid, **{k: getattr(draft, k) for k in _NEW_FIELDS})
                 owned = {f for f in _STANDARD if getattr(pending[uid], f)}
                 primary = True
@@ -181,6 +203,8 @@ class PageWriter:
                 page_email.setdefault(m.email_key, uid)
             if m.phone:
                 page_phone.setdefault(m.phone, uid)
+            if phone_taken:
+                owned = owned | {PHONE_TAKEN}
             values = {
                 "store_id": store,
                 "klaviyo_id": m.klaviyo_id,

@@ -226,9 +226,15 @@ def assert_evidence_mirrored(contact: dict, attrs: dict) -> None:
 def test_merge_into_pre_existing_contacts(env, tmp_path, account):
     profiles = profiles_of(account)
     alone = singletons(profiles)
-    email_kids = [k for k in alone if exp.valid_email(profiles[k].get("email"))][:8]
-    # the showcase padded, mixed-case address must be one of them when it is unshared
-    phone_kids = [k for k in alone if not exp.valid_email(profiles[k].get("email")) and exp.expected_phone(profiles[k])][:4]
+    with_email = [k for k in alone if exp.valid_email(profiles[k].get("email"))]
+    # Klaviyo's side is awkward too: padded, mixed-case addresses first
+    padded = [k for k in with_email if profiles[k]["email"] != profiles[k]["email"].strip().lower()][:3]
+    assert padded, "the account has padded / mixed-case addresses"
+    email_kids = padded + [k for k in with_email if k not in padded][: 8 - len(padded)]
+    by_phone_only = [k for k in alone if not exp.valid_email(profiles[k].get("email")) and exp.expected_phone(profiles[k])]
+    # two written in E.164 by Klaviyo, two in national format (readable with location.country)
+    phone_kids = [k for k in by_phone_only if profiles[k]["phone_number"].strip().startswith("+")][:2] + [
+        k for k in by_phone_only if not profiles[k]["phone_number"].strip().startswith("+")][:2]
     fill_kid = next(k for k in alone if k not in email_kids and exp.valid_email(profiles[k].get("email"))
                     and exp.expected_phone(profiles[k]))
     assert len(email_kids) == 8 and len(phone_kids) == 4

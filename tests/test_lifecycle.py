@@ -281,3 +281,19 @@ def test_repeated_errors_pause_with_a_reason_instead_of_hanging(db_url, tmp_path
     assert h.sync("incremental").outcome == "completed"
     assert h.status().state.value == "syncing"
     host.close()
+
+
+def test_same_phone_different_email_keeps_both_emails(h, account):
+    """Merging on a shared phone would lose an email: both stay, the phone is on one contact only."""
+    first = account.create_profile({"email": "first.person@example.com", "phone_number": "+14155550123"})
+    second = account.create_profile({"email": "second.person@example.com", "phone_number": "+14155550123"})
+    h.install_and_authorize(DEFAULT_API_KEY)
+    for mode in ("full", "full", "incremental"):  # stable from sync to sync
+        report = h.sync(mode)
+        assert report.outcome == "completed"
+        contacts = {k: c for c in h.export() for k in c["klaviyo_ids"]}
+        a, b = contacts[first], contacts[second]
+        assert a["uid"] != b["uid"]
+        assert {a["email"], b["email"]} == {"first.person@example.com", "second.person@example.com"}
+        assert [c["phone"] for c in (a, b)].count("+14155550123") == 1
+        assert a["properties"]["kla_phone_number"] == b["properties"]["kla_phone_number"] == "+14155550123"
