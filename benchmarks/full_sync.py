@@ -469,13 +469,13 @@ def main(argv: list[str] | None = None) -> int:
           f"stand-in CPU {result['standin_cpu_seconds']} s)")
     print(f"bound          : {b['bound']:.2f} s = seq {b['t_seq']:.2f} + max(rate {b['t_parallel']:.2f}, "
           f"chain {b['t_chain']:.2f} [{b['chain_pages']} pages])")
-    print(f"  rate per budget: " + ", ".join(f"{k} {v}s" for k, v in b["rate_seconds"].items()))
+    print("  rate per budget: " + ", ".join(f"{k} {v}s" for k, v in b["rate_seconds"].items()))
     print(f"  info: at the plugin's 90% margin {bound90:.2f} s; "
           f"latency*pages/workers {b['concurrency_floor']:.2f} s (workers {eff.workers})")
     print(f"wall / bound   : {result['wall_over_bound']}")
     print(f"profiles/s     : {result['profiles_per_second']}")
     print(f"peak RSS       : {result['peak_rss_mb']} MiB (sync process; before sync {result['rss_before_sync_mb']} MiB)")
-    print(f"RSS over run   : " + ", ".join(f"{t}s:{mb}MiB" for t, mb in result["rss_during_sync_mb"]))
+    print("RSS over run   : " + ", ".join(f"{t}s:{mb}MiB" for t, mb in result["rss_during_sync_mb"]))
     for n in notes:
         print(f"note           : {n}")
     return 0 if report.outcome == "completed" else 1

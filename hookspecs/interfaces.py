@@ -75,8 +75,12 @@ class Storage(Protocol):
 
     engine: Engine
 
-    def transaction(self) -> AbstractContextManager[Tx]:
-        """Open a transaction; it commits when the block exits normally, else rolls back."""
+    def transaction(self, *, readonly: bool = False) -> AbstractContextManager[Tx]:
+        """Open a transaction; it commits when the block exits normally, else rolls back.
+
+        ``readonly=True`` promises not to write, so the host need not take a write lock
+        (SQLite) and readers never wait for a writer.
+        """
 
 
 @runtime_checkable

@@ -123,7 +123,7 @@ class KlaviyoMembership(SQLModel, table=True):
     """Which profiles are members of which group, as last seen."""
 
     __tablename__ = "klaviyo_membership"
-    __table_args__ = (Index("ix_klaviyo_membership_profile", "store_id", "klaviyo_id"),)
+    __table_args__ = (Index("ix_klaviyo_membership_profile", "store_id", "klaviyo_id", "group_id"),)
 
     store_id: str = Field(primary_key=True, max_length=200)
     group_id: str = Field(primary_key=True, max_length=64)

@@ -218,9 +218,6 @@ class SyncRun:
             groups = [dict(r._mapping) for r in tx.execute(select(group_t).where(group_t.c.store_id == self.store_id))]
         self.pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix=f"klaviyo-{self.store_id}")
         try:
-            for s in streams:
-                if s["kind"] == "profiles" and not s["done"]:
-                    self._submit(self._fetch_stream, s)
             streams_by_group: dict[str, list[dict]] = {}
             for s in streams:
                 if s["kind"] == "members":
@@ -245,6 +242,11 @@ class SyncRun:
                     # Even an inactive segment is checked: it no longer gains members, but
                     # deleted and merged profiles still leave it. The check is cheap.
                     self._submit(self._check_group, g)
+            # Profile windows after the group scans: the pool is FIFO and a stream holds its
+            # worker to the end, so the long membership chains must not queue behind them.
+            for s in streams:
+                if s["kind"] == "profiles" and not s["done"]:
+                    self._submit(self._fetch_stream, s)
             self._write_loop()
         finally:
             self.stop.set()
@@ -299,6 +301,9 @@ class SyncRun:
             except queue.Full:
                 continue
 
+    WRITE_BATCH = 16
+    """Queued items applied in one transaction (fewer BEGIN/COMMIT and epoch checks)."""
+
     def _write_loop(self) -> None:
         while True:
             with self.outstanding_lock:
@@ -306,33 +311,54 @@ class SyncRun:
             if idle and self.pages.empty():
                 return
             try:
-                kind, key, payload = self.pages.get(timeout=0.5)
+                item = self.pages.get(timeout=0.5)
             except queue.Empty:
                 if self.stop.is_set() and self.errors:
                     return
                 continue
-            if kind == "task_done":
-                with self.outstanding_lock:
-                    self.outstanding -= 1
-                continue
+            # Take whatever else is already queued (up to WRITE_BATCH writes) and apply it
+            # in the same transaction; a barrier ends the batch and is released after the
+            # commit, so whoever waits on it sees everything queued before it written.
+            batch, barrier = [], None
+            while True:
+                kind = item[0]
+                if kind == "task_done":
+                    with self.outstanding_lock:
+                        self.outstanding -= 1
+                elif kind == "barrier":
+                    barrier = item[2]
+                    break
+                else:
+                    batch.append(item)
+                    if len(batch) >= self.WRITE_BATCH:
+                        break
+                try:
+                    item = self.pages.get_nowait()
+                except queue.Empty:
+                    break
             if self.stop.is_set() and self.errors:
+                if barrier is not None:
+                    barrier.set()
                 continue  # drain: the run is failing, do not write more
-            if kind == "barrier":
-                payload.set()
-                continue
-            with self.ctx.storage.transaction() as tx:
-                self._check_epoch(tx)
-                if kind == "page":
-                    self._apply_page(tx, key, payload)
-                elif kind == "stream_done":
-                    self._stream_done(tx, key)
-                elif kind == "finalize_group":
-                    self.writer.finalize_group_scan(tx, key)
-                    self._mark_checked(tx, key)
-                elif kind == "group_checked":
-                    self._mark_checked(tx, key)
-                elif kind == "joins":
-                    self.writer.write_members(tx, key, payload, scan=False)
+            if batch:
+                with self.ctx.storage.transaction() as tx:
+                    self._check_epoch(tx)
+                    for kind, key, payload in batch:
+                        if kind == "page":
+                            self._apply_page(tx, key, payload)
+                        elif kind == "stream_done":
+                            self._stream_done(tx, key)
+                        elif kind == "finalize_group":
+                            self.writer.finalize_group_scan(tx, key)
+                            self._mark_checked(tx, key)
+                        elif kind == "group_checked":
+                            self._mark_checked(tx, key)
+                        elif kind == "joins":
+                            self.writer.write_members(tx, key, payload, scan=False)
+                        elif kind == "create_streams":
+                            tx.execute(insert(stream_t), payload)
+            if barrier is not None:
+                barrier.set()
 
     def _apply_page(self, tx, stream: dict, page: dict) -> None:
         data = page["data"]
@@ -469,9 +495,9 @@ class SyncRun:
             }
             for i, (lo, hi) in enumerate(bounds)
         ]
-        with self.ctx.storage.transaction() as tx:
-            self._check_epoch(tx)
-            tx.execute(insert(stream_t), rows)
+        # Created by the writer (one writer: fetchers never wait for the database's write
+        # lock); the queue is FIFO, so the rows exist before any page of these streams.
+        self._enqueue(("create_streams", None, [dict(r) for r in rows]))
         for row in rows:
             row.update(next_url=None, last_value=None, started=False, done=False, pages=0, records=0)
             self._submit(self._fetch_stream, row)
@@ -479,7 +505,7 @@ class SyncRun:
     def _check_group(self, group: dict) -> None:
         """Incremental: recent joins, then the member count tells whether anyone left."""
         kind, gid = group["kind"], group["group_id"]
-        with self.ctx.storage.transaction() as tx:
+        with self.ctx.storage.transaction(readonly=True) as tx:
             run = tx.execute(
                 select(run_t.c.klaviyo_start, run_t.c.profiles_since)
                 .where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
@@ -503,7 +529,7 @@ class SyncRun:
             if self.stop.is_set():
                 raise _Stop()
         count = self._profile_count(group)
-        with self.ctx.storage.transaction() as tx:
+        with self.ctx.storage.transaction(readonly=True) as tx:
             ours = self.writer.member_count(tx, gid)
         if count is not None and count == ours:
             self.counters.counts["groups_unchanged"] += 1
@@ -588,7 +614,7 @@ class SyncRun:
         last_renew = time.monotonic()
         while not self.finished.wait(0.5):
             try:
-                with self.ctx.storage.transaction() as tx:
+                with self.ctx.storage.transaction(readonly=True) as tx:
                     row = tx.execute(
                         select(integration_t.c.epoch, integration_t.c.installed).where(integration_t.c.store_id == self.store_id)
                     ).first()

@@ -341,7 +341,15 @@ class PageWriter:
                 ],
             )
             self.counters.counts["memberships_added"] += len(new)
-            self.recompute_tags(tx, self._uids_of(tx, new))
+            # A new membership can only add this group's tag: no full reconciliation needed
+            # (add_tags ignores pairs already present).
+            tag = tx.execute(
+                select(group_t.c.tag).where(and_(group_t.c.store_id == store, group_t.c.group_id == group_id))
+            ).scalar_one_or_none()
+            if tag:
+                uids = self._uids_of(tx, new)
+                if uids:
+                    self.ctx.contacts.add_tags(tx, [(u, tag) for u in sorted(uids)])
 
     def finalize_group_scan(self, tx, group_id: str) -> int:
         """After a complete scan: members not seen in this run left the group."""
@@ -404,26 +412,32 @@ class PageWriter:
         two Klaviyo profiles keeps a tag while either is still a member.
         """
         uid_list = sorted(set(uids))
+        if not uid_list:
+            return
+        # Two indexed lookups instead of one 3-way join: without ANALYZE statistics SQLite
+        # drives that join from klaviyo_membership (store_id=?) and scans every membership
+        # of the store for each chunk, which makes a full sync quadratic.
+        tag_of_group = dict(
+            tx.execute(select(group_t.c.group_id, group_t.c.tag).where(group_t.c.store_id == self.store_id)).all()
+        )
         for chunk in _chunks(uid_list):
             desired: dict[str, set[str]] = defaultdict(set)
-            rows = tx.execute(
-                select(profile_map_t.c.contact_uid, group_t.c.tag)
-                .select_from(
-                    profile_map_t.join(
-                        membership_t,
-                        and_(
-                            membership_t.c.store_id == profile_map_t.c.store_id,
-                            membership_t.c.klaviyo_id == profile_map_t.c.klaviyo_id,
-                        ),
-                    ).join(
-                        group_t,
-                        and_(group_t.c.store_id == membership_t.c.store_id, group_t.c.group_id == membership_t.c.group_id),
+            kid_uid = dict(
+                tx.execute(
+                    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
+                        and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.contact_uid.in_(chunk))
                     )
-                )
-                .where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.contact_uid.in_(chunk)))
+                ).all()
             )
-            for uid, tag in rows:
-                desired[uid].add(tag)
+            for kid_chunk in _chunks(list(kid_uid)):
+                for kid, gid in tx.execute(
+                    select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(
+                        and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(kid_chunk))
+                    )
+                ):
+                    tag = tag_of_group.get(gid)
+                    if tag is not None:
+                        desired[kid_uid[kid]].add(tag)
             current = self.ctx.contacts.tags_of(tx, chunk)
             add, remove = [], []
             for uid in chunk:
