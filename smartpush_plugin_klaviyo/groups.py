@@ -83,4 +83,5 @@ def apply_groups(tx, writer: PageWriter, groups: list) -> dict[str, int]:
     for collision in collisions:
         writer.record_event(tx, "tag_collision", str(collision))
     counts["tag_collisions"] = len(collisions)
+    writer.forget_groups()
     return counts

@@ -62,6 +62,47 @@ class PageWriter:
         self.run_id = run_id
         self.gen = gen
         self.counters = counters
+        self._group_tags: dict[str, str] | None = None
+        # Statements built once: building (not running) them is a large share of a page's cost.
+        self._q_members_of_kids = select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(
+            and_(membership_t.c.store_id == bindparam("store"), membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)))
+        )
+        self._q_uids_of_kids = select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
+            and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)))
+        )
+        self._q_existing_members = select(membership_t.c.klaviyo_id).where(
+            and_(
+                membership_t.c.store_id == bindparam("store"),
+                membership_t.c.group_id == bindparam("gid"),
+                membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)),
+            )
+        )
+
+    def group_tags(self, tx) -> dict[str, str]:
+        """group id -> tag, read once per run (groups only change in the groups phase)."""
+        if self._group_tags is None:
+            self._group_tags = dict(
+                tx.execute(select(group_t.c.group_id, group_t.c.tag).where(group_t.c.store_id == self.store_id)).all()
+            )
+        return self._group_tags
+
+    def forget_groups(self) -> None:
+        """Call after groups changed (renames, deletions) so the next page reads them again."""
+        self._group_tags = None
+
+    def add_membership_tags(self, tx, kid_uid: dict[str, str]) -> None:
+        """Add the tags of the groups these (newly mapped) profiles belong to; add-only."""
+        if not kid_uid:
+            return
+        tags = self.group_tags(tx)
+        pairs = []
+        for chunk in _chunks(list(kid_uid)):
+            for kid, gid in tx.execute(self._q_members_of_kids, {"store": self.store_id, "kids": chunk}):
+                tag = tags.get(gid)
+                if tag is not None:
+                    pairs.append((kid_uid[kid], tag))
+        if pairs:
+            self.ctx.contacts.add_tags(tx, pairs)
 
     # ------------------------------------------------------------------ profiles
     def write_profiles(self, tx, resources: Iterable[dict]) -> None:
@@ -264,8 +305,13 @@ class PageWriter:
             self._record_events(tx, events)
         counts["profiles_imported"] += len(kids)
         if map_inserts:
-            # Newly mapped profiles may already be members of groups scanned earlier.
-            self.recompute_tags(tx, {v["contact_uid"] for v in map_inserts})
+            # Newly mapped profiles may already be members of groups scanned earlier. A
+            # contact created just now can only gain tags; a pre-existing one is reconciled.
+            created = set(real.values()) if pending else set()
+            self.add_membership_tags(
+                tx, {v["klaviyo_id"]: v["contact_uid"] for v in map_inserts if v["contact_uid"] in created}
+            )
+            self.recompute_tags(tx, {v["contact_uid"] for v in map_inserts if v["contact_uid"] not in created})
 
     def _record_skips(self, tx, skips: dict[str, str]) -> None:
         ids = list(skips)
@@ -308,17 +354,7 @@ class PageWriter:
         if not kids:
             return
         self.counters.counts["memberships_seen"] += len(kids)
-        existing = set(
-            tx.execute(
-                select(membership_t.c.klaviyo_id).where(
-                    and_(
-                        membership_t.c.store_id == store,
-                        membership_t.c.group_id == group_id,
-                        membership_t.c.klaviyo_id.in_(kids),
-                    )
-                )
-            ).scalars()
-        )
+        existing = set(tx.execute(self._q_existing_members, {"store": store, "gid": group_id, "kids": kids}).scalars())
         if existing and scan:
             tx.execute(
                 update(membership_t)
@@ -343,9 +379,7 @@ class PageWriter:
             self.counters.counts["memberships_added"] += len(new)
             # A new membership can only add this group's tag: no full reconciliation needed
             # (add_tags ignores pairs already present).
-            tag = tx.execute(
-                select(group_t.c.tag).where(and_(group_t.c.store_id == store, group_t.c.group_id == group_id))
-            ).scalar_one_or_none()
+            tag = self.group_tags(tx).get(group_id)
             if tag:
                 uids = self._uids_of(tx, new)
                 if uids:
@@ -395,13 +429,7 @@ class PageWriter:
     def _uids_of(self, tx, klaviyo_ids: Sequence[str]) -> set[str]:
         uids: set[str] = set()
         for chunk in _chunks(list(klaviyo_ids)):
-            uids.update(
-                tx.execute(
-                    select(profile_map_t.c.contact_uid).where(
-                        and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(chunk))
-                    )
-                ).scalars()
-            )
+            uids.update(uid for _kid, uid in tx.execute(self._q_uids_of_kids, {"store": self.store_id, "kids": chunk}))
         return uids
 
     # ---------------------------------------------------------------------- tags
@@ -417,9 +445,7 @@ class PageWriter:
         # Two indexed lookups instead of one 3-way join: without ANALYZE statistics SQLite
         # drives that join from klaviyo_membership (store_id=?) and scans every membership
         # of the store for each chunk, which makes a full sync quadratic.
-        tag_of_group = dict(
-            tx.execute(select(group_t.c.group_id, group_t.c.tag).where(group_t.c.store_id == self.store_id)).all()
-        )
+        tag_of_group = self.group_tags(tx)
         for chunk in _chunks(uid_list):
             desired: dict[str, set[str]] = defaultdict(set)
             kid_uid = dict(
@@ -430,11 +456,7 @@ class PageWriter:
                 ).all()
             )
             for kid_chunk in _chunks(list(kid_uid)):
-                for kid, gid in tx.execute(
-                    select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(
-                        and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(kid_chunk))
-                    )
-                ):
+                for kid, gid in tx.execute(self._q_members_of_kids, {"store": self.store_id, "kids": kid_chunk}):
                     tag = tag_of_group.get(gid)
                     if tag is not None:
                         desired[kid_uid[kid]].add(tag)

@@ -27,7 +27,23 @@ CHUNK = 500
 _SUBSCRIPTION_VALUES = {"subscribed", "unsubscribed", "never_subscribed", None}
 
 # json.dumps() with options builds a new encoder per call; one shared encoder is ~2x faster
-_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_json_std = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+try:  # orjson is ~5x faster on the hot path of every contact write
+    import orjson
+
+    def _encode_json_bytes(payload) -> bytes:
+        try:
+            return orjson.dumps(payload)
+        except TypeError:  # e.g. an integer beyond 64 bits: the standard encoder takes it
+            return _encode_json_std(payload).encode()
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover
+    def _encode_json_bytes(payload) -> bytes:
+        return _encode_json_std(payload).encode()
+
+    _loads = json.loads
 
 
 def _chunks(items: Sequence, size: int = CHUNK):
@@ -85,7 +101,7 @@ class SqlContactStore:
         _check_status(c.email_subscription)
         _check_status(c.sms_subscription)
         payload = {"e": c.email, "p": c.phone, "n": c.name, "c": c.country, "pr": c.properties or {}}
-        plaintext = _encode_json(payload).encode()
+        plaintext = _encode_json_bytes(payload)
         kr = self.keyring
         ev, pv = email_index_value(c.email), phone_index_value(c.phone)
         return {
@@ -100,7 +116,7 @@ class SqlContactStore:
         }
 
     def _decode(self, row) -> Contact:
-        payload = json.loads(self.keyring.decrypt(row.data, contact_aad(self.store_id, row.uid)))
+        payload = _loads(self.keyring.decrypt(row.data, contact_aad(self.store_id, row.uid)))
         return Contact(
             uid=row.uid,
             email=payload.get("e"),
