@@ -70,13 +70,15 @@ MAX_CONSECUTIVE_ERRORS = 3
 class SyncOptions:
     """Tuning knobs; defaults suit Klaviyo's published limits."""
 
-    workers: int = 12
+    workers: int = 24
     """Concurrent fetch threads (all share the per-endpoint rate budgets)."""
     profile_windows: int = 12
     """Full runs split the profile backfill into this many ``updated`` windows."""
-    members_per_slice: int = 5_000
+    members_per_slice: int = 2_000
     """Groups known to be larger than this are scanned in parallel ``joined_group_at`` slices."""
     max_member_slices: int = 16
+    first_scan_slices: int = 6
+    """Slices of a group scanned for the first time (its size is not known yet)."""
     queue_pages: int = 48
     """Pages buffered between fetchers and the writer (bounds memory)."""
     lease_owner: str = field(default_factory=lease.new_owner_id)
@@ -233,10 +235,7 @@ class SyncRun:
                             self._submit(self._fetch_stream, s)
                     else:
                         self._enqueue(("finalize_group", g["group_id"], None))
-                elif g["scanned_gen"] == 0:
-                    # Never scanned: its size decides how many parallel slices it gets.
-                    self._submit(self._count_then_scan, g)
-                elif self.mode == "full":
+                elif self.mode == "full" or g["scanned_gen"] == 0:
                     self._submit(self._start_scan, g)
                 else:
                     # Even an inactive segment is checked: it no longer gains members, but
@@ -466,10 +465,6 @@ class SyncRun:
         count = ((detail.get("data") or {}).get("attributes") or {}).get("profile_count")
         return count if isinstance(count, int) and count >= 0 else None
 
-    def _count_then_scan(self, group: dict) -> None:
-        count = self._profile_count(group)
-        self._start_scan(group, expected=count)
-
     def _start_scan(self, group: dict, expected: int | None = None) -> None:
         """Create the scan streams of one group (sliced when it is large) and run them.
 
@@ -477,10 +472,13 @@ class SyncRun:
         ``joined_group_at`` slices scanned in parallel; the first and last slices are
         open-ended, so nobody is missed whatever their join date.
         """
-        size = expected if expected is not None else group["member_count"]
-        slices = 1
-        if size > self.options.members_per_slice:
-            slices = min(self.options.max_member_slices, math.ceil(size / self.options.members_per_slice))
+        if group["scanned_gen"] == 0 and expected is None:
+            # Size unknown (never scanned): a few slices, so a big group is never one long
+            # chain; asking profile_count first would cost a 1/s, 15/min budget per group.
+            slices = self.options.first_scan_slices
+        else:
+            size = expected if expected is not None else group["member_count"]
+            slices = max(1, min(self.options.max_member_slices, math.ceil(size / self.options.members_per_slice)))
         start = parse_iso(group["created"]) if group["created"] else None
         bounds = time_slices(start, utcnow(), slices)
         rows = [
@@ -536,7 +534,7 @@ class SyncRun:
             self._enqueue(("group_checked", gid, None))
         else:
             self.counters.counts["groups_rescanned"] += 1
-            self._start_scan(group)
+            self._start_scan(group, expected=count)
 
     # ------------------------------------------------------------- finish
     def _confirm_deleted_profiles(self) -> None:
