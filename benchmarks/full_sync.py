@@ -30,29 +30,30 @@ The lower bound (seconds)
 -------------------------
 Limits come from :data:`smartpush_plugin_klaviyo.ratelimit.ENDPOINT_LIMITS` (the
 published ones: burst ``B`` per 1 s, steady ``S`` per 60 s, both windows divided by the
-clock scale ``k``). For one budget (endpoint template) needing ``N`` requests, a bucket
-of ``S`` (resp. ``B``) requests that refills at ``S/60*k`` (resp. ``B*k``) per second
-gives::
+clock scale ``k``). For one budget (endpoint template) needing ``N`` requests::
 
     T_rate(N) = max( max(0, N - S) / (S/60 * k),      # steady: 750/min -> 12.5 req/s * k
                      max(0, N - B) / (B * k) )          # burst: 75/s * k
 
-Requests needed per budget (first full sync; ``m`` = a group's members, ``s(m)`` = its
-slices, ``min(max_member_slices, ceil(m / members_per_slice))`` when
-``m > members_per_slice``, else 1):
+This is the *optimistic* bound: it equals what a client achieves on Klaviyo's fixed
+one-minute windows only when the run starts at the very end of a window (S requests at
+the end of window 0, S more at the start of window 1, ...). A client that cannot see
+the window alignment and never exceeds S in *any* 60 s span (the plugin's sliding log)
+needs about ``floor((N-1)/S) * 60 s`` instead; the script prints that figure too
+("any-alignment bound").
+
+Requests needed per budget (first full sync; every group is scanned in
+``first_scan_slices`` (6) ``joined_group_at`` slices, since its size is not known yet):
 
 * ``/api/profiles``: ``ceil(P/100)`` pages + 2 probes (newest/oldest ``updated``);
-* ``/api/lists/{id}/relationships/profiles``: ``sum over lists of s(m) * max(1, ceil(m/s(m)/100))``;
+* ``/api/lists/{id}/relationships/profiles``: ``sum over lists of s * max(1, ceil(m/s/100))``;
 * ``/api/segments/{id}/relationships/profiles``: the same over segments (a separate
   budget: lists' and segments' relationship endpoints do not share a quota);
-* ``/api/lists/{id}`` / ``/api/segments/{id}`` with ``additional-fields=profile_count``:
-  one per never-scanned group (its size decides its slices); budget 1/s, 15/min;
 * ``/api/lists``, ``/api/segments``: ``ceil(groups/10)`` pages each.
 
-Profiles, the two membership families and the two ``profile_count`` budgets run in
-parallel on separate budgets, so::
+Profiles and the two membership families run in parallel on separate budgets, so::
 
-    T_parallel = max over those five budgets of T_rate(N_budget)
+    T_parallel = max over those budgets of T_rate(N_budget)
 
 The parts that cannot overlap with them are sequential: the two probes and the group
 listing (``lists`` pages, then ``segments`` pages); they cost latency, not budget::
@@ -60,15 +61,11 @@ listing (``lists`` pages, then ``segments`` pages); they cost latency, not budge
     T_seq = L * (2 + ceil(lists/10) + ceil(segments/10))
 
 With a latency ``L`` per request a cursor is a chain (its pages come one after the
-other), so the longest single-cursor stream bounds the run too. Streams are those the
-plugin creates on a first full sync: ``profile_windows`` (12) ``updated`` windows of
-``ceil(P/12/100)`` pages, and per group ``s(m)`` slices of ``ceil(m/s(m)/100)`` pages
-that can only start once the group's ``profile_count`` is known; the k-th count (best
-order: longest chains first, per kind) is not answered before ``T_rate(k)`` on its
-budget::
+other), so the longest single-cursor stream bounds the run too: ``profile_windows`` (12)
+``updated`` windows of ``ceil(P/12/100)`` pages, and per group ``s`` slices of
+``ceil(m/s/100)`` pages::
 
-    T_chain = max( L * ceil(P/12/100),
-                   max over groups (k-th by chain length) of T_rate_count(k) + L * (1 + pages per slice) )
+    T_chain = L * max(pages of the longest window or slice)
 
 Then::
 
@@ -246,6 +243,7 @@ def rate_time(n: int, burst: int, steady: int, scale: float, margin: float = 1.0
 
 def compute_bound(shape: dict, *, latency: float, scale: float, rate_limits: bool, workers: int,
                   profile_windows: int, members_per_slice: int, max_member_slices: int,
+                  first_scan_slices: int = 6,
                   margin: float = 1.0) -> dict:
     from smartpush_plugin_klaviyo.ratelimit import ENDPOINT_LIMITS, PROFILE_COUNT_SUFFIX
 
@@ -257,7 +255,8 @@ def compute_bound(shape: dict, *, latency: float, scale: float, rate_limits: boo
         return max(1, math.ceil(m / PAGE))
 
     def slices(m: int) -> int:
-        return min(max_member_slices, math.ceil(m / members_per_slice)) if m > members_per_slice else 1
+        # a first full sync does not know group sizes: every group gets first_scan_slices
+        return first_scan_slices
 
     def rt(endpoint: str, n: int) -> float:
         if not rate_limits or n <= 0:
@@ -275,8 +274,8 @@ def compute_bound(shape: dict, *, latency: float, scale: float, rate_limits: boo
         SEGMENTS_PATH: max(1, math.ceil(len(segments) / GROUP_PAGE)),
         LIST_MEMBERS: sum(member_pages[id(g)] for g in lists),
         SEGMENT_MEMBERS: sum(member_pages[id(g)] for g in segments),
-        LIST_COUNT: len(lists),
-        SEGMENT_COUNT: len(segments),
+        LIST_COUNT: 0,  # a first full sync asks no profile_count (slices are fixed)
+        SEGMENT_COUNT: 0,
     }
     per_endpoint = {
         PROFILES_PATH: rt(PROFILES_PATH, needed[PROFILES_PATH]),
@@ -295,19 +294,22 @@ def compute_bound(shape: dict, *, latency: float, scale: float, rate_limits: boo
     chain = latency * window_pages
     chain_pages = window_pages
     count_budget = {"list": "/api/lists/{id}" + PROFILE_COUNT_SUFFIX, "segment": "/api/segments/{id}" + PROFILE_COUNT_SUFFIX}
-    for kind, groups in (("list", lists), ("segment", segments)):
-        # best order: the longest chains are counted first; the k-th count cannot be
-        # answered before rate_time(k+1) on the profile_count budget.
-        ordered = sorted((math.ceil(member_pages[id(g)] / slices(g["members"])) for g in groups), reverse=True)
-        for k, p in enumerate(ordered):
-            start = (rate_time(k + 1, ENDPOINT_LIMITS[count_budget[kind]].burst,
-                               ENDPOINT_LIMITS[count_budget[kind]].steady, scale, margin) if rate_limits else 0.0)
-            c = start + latency * (1 + p)
-            if c > chain:
-                chain, chain_pages = c, p
+    for g in shape["groups"]:
+        p = math.ceil(member_pages[id(g)] / slices(g["members"]))
+        if latency * p > chain:
+            chain, chain_pages = latency * p, p
     total_pages = sum(needed.values())
     bound = t_seq + max(t_parallel, chain)
+    # Any-alignment bound: never more than S requests in any 60 s span (see docstring).
+    any_alignment = 0.0
+    if rate_limits:
+        for key in (PROFILES_PATH, LIST_MEMBERS, SEGMENT_MEMBERS):
+            steady = math.floor(ENDPOINT_LIMITS[key].steady * margin + 1e-9)
+            n = needed[key]
+            any_alignment = max(any_alignment, ((n - 1) // steady) * 60.0 / scale if n > 0 else 0.0)
+    any_alignment = t_seq + max(any_alignment, t_parallel if any_alignment == 0 else any_alignment, chain)
     return {
+        "any_alignment_bound": any_alignment,
         "requests_needed": needed,
         "rate_seconds": {k: round(v, 3) for k, v in per_endpoint.items()},
         "t_parallel": t_parallel,
@@ -404,11 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     requests = dict(report.requests)
     bound = compute_bound(shape, latency=args.latency, scale=args.clock_scale, rate_limits=not args.no_rate_limits,
                           workers=eff.workers, profile_windows=eff.profile_windows,
-                          members_per_slice=eff.members_per_slice, max_member_slices=eff.max_member_slices)
+                          members_per_slice=eff.members_per_slice, max_member_slices=eff.max_member_slices,
+                          first_scan_slices=eff.first_scan_slices)
     bound90 = compute_bound(shape, latency=args.latency, scale=args.clock_scale, rate_limits=not args.no_rate_limits,
                             workers=eff.workers, profile_windows=eff.profile_windows,
                             members_per_slice=eff.members_per_slice, max_member_slices=eff.max_member_slices,
-                            margin=0.9)["bound"]
+                            first_scan_slices=eff.first_scan_slices, margin=0.9)["bound"]
     total_requests = sum(v for k, v in requests.items() if k.startswith("GET "))
     n429 = requests.get("429", 0)
     profiles = counts.get("profiles_seen", 0)
@@ -470,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bound          : {b['bound']:.2f} s = seq {b['t_seq']:.2f} + max(rate {b['t_parallel']:.2f}, "
           f"chain {b['t_chain']:.2f} [{b['chain_pages']} pages])")
     print("  rate per budget: " + ", ".join(f"{k} {v}s" for k, v in b["rate_seconds"].items()))
+    print(f"  any-alignment bound (never > S per 60 s span): {b['any_alignment_bound']:.2f} s; "
+          f"wall / that = {wall / b['any_alignment_bound']:.3f}" if b["any_alignment_bound"] else "  any-alignment bound: 0")
     print(f"  info: at the plugin's 90% margin {bound90:.2f} s; "
           f"latency*pages/workers {b['concurrency_floor']:.2f} s (workers {eff.workers})")
     print(f"wall / bound   : {result['wall_over_bound']}")

@@ -70,7 +70,7 @@ MAX_CONSECUTIVE_ERRORS = 3
 class SyncOptions:
     """Tuning knobs; defaults suit Klaviyo's published limits."""
 
-    workers: int = 24
+    workers: int = 32
     """Concurrent fetch threads (all share the per-endpoint rate budgets)."""
     profile_windows: int = 12
     """Full runs split the profile backfill into this many ``updated`` windows."""
@@ -84,6 +84,21 @@ class SyncOptions:
     lease_owner: str = field(default_factory=lease.new_owner_id)
     stop_event: threading.Event | None = None
     """Set by the host to stop a run early (the run stays resumable)."""
+
+
+def _interleave(streams: list[dict]) -> list[dict]:
+    """Round-robin over endpoint families (profiles, list members, segment members)."""
+    families: dict[str, list[dict]] = {}
+    for stream in streams:
+        family = stream["kind"] if stream["kind"] == "profiles" else stream["key"].split(":")[1]
+        families.setdefault(family, []).append(stream)
+    ordered: list[dict] = []
+    queues = list(families.values())
+    while any(queues):
+        for q in queues:
+            if q:
+                ordered.append(q.pop(0))
+    return ordered
 
 
 class _Stop(Exception):
@@ -224,6 +239,9 @@ class SyncRun:
             for s in streams:
                 if s["kind"] == "members":
                     streams_by_group.setdefault(s["group_id"], []).append(s)
+            to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]]
+            new_rows: list[dict] = []
+            finished: list[str] = []
             for g in groups:
                 if g["checked_run"] == self.run_id:
                     continue  # verified earlier in this (resumed) run
@@ -231,21 +249,30 @@ class SyncRun:
                 if existing:
                     pending = [s for s in existing if not s["done"]]
                     if pending:
-                        for s in pending:
-                            self._submit(self._fetch_stream, s)
+                        to_fetch.extend(pending)
                     else:
-                        self._enqueue(("finalize_group", g["group_id"], None))
+                        finished.append(g["group_id"])  # scanned before the crash, not finalized
                 elif self.mode == "full" or g["scanned_gen"] == 0:
-                    self._submit(self._start_scan, g)
+                    rows = self._scan_streams(g)
+                    new_rows.extend(rows)
+                    to_fetch.extend(rows)
                 else:
                     # Even an inactive segment is checked: it no longer gains members, but
                     # deleted and merged profiles still leave it. The check is cheap.
                     self._submit(self._check_group, g)
-            # Profile windows after the group scans: the pool is FIFO and a stream holds its
-            # worker to the end, so the long membership chains must not queue behind them.
-            for s in streams:
-                if s["kind"] == "profiles" and not s["done"]:
-                    self._submit(self._fetch_stream, s)
+            if new_rows or finished:
+                # Applied here, before any fetcher starts: nothing else writes yet.
+                with self.ctx.storage.transaction() as tx:
+                    self._check_epoch(tx)
+                    if new_rows:
+                        tx.execute(insert(stream_t), [dict(r) for r in new_rows])
+                    for group_id in finished:
+                        self.writer.finalize_group_scan(tx, group_id)
+                        self._mark_checked(tx, group_id)
+            # Interleave endpoints: each has its own rate budget, so every budget gets
+            # streams from the start instead of one endpoint's queue holding the workers.
+            for stream in _interleave(to_fetch):
+                self._submit(self._fetch_stream, stream)
             self._write_loop()
         finally:
             self.stop.set()
@@ -347,9 +374,6 @@ class SyncRun:
                             self._apply_page(tx, key, payload)
                         elif kind == "stream_done":
                             self._stream_done(tx, key)
-                        elif kind == "finalize_group":
-                            self.writer.finalize_group_scan(tx, key)
-                            self._mark_checked(tx, key)
                         elif kind == "group_checked":
                             self._mark_checked(tx, key)
                         elif kind == "joins":
@@ -465,8 +489,8 @@ class SyncRun:
         count = ((detail.get("data") or {}).get("attributes") or {}).get("profile_count")
         return count if isinstance(count, int) and count >= 0 else None
 
-    def _start_scan(self, group: dict, expected: int | None = None) -> None:
-        """Create the scan streams of one group (sliced when it is large) and run them.
+    def _scan_streams(self, group: dict, expected: int | None = None) -> list[dict]:
+        """The streams of a complete scan of one group (sliced when it is large).
 
         One cursor is one sequential chain of requests, so a big group is split into
         ``joined_group_at`` slices scanned in parallel; the first and last slices are
@@ -480,8 +504,7 @@ class SyncRun:
             size = expected if expected is not None else group["member_count"]
             slices = max(1, min(self.options.max_member_slices, math.ceil(size / self.options.members_per_slice)))
         start = parse_iso(group["created"]) if group["created"] else None
-        bounds = time_slices(start, utcnow(), slices)
-        rows = [
+        return [
             {
                 "store_id": self.store_id,
                 "run_id": self.run_id,
@@ -490,14 +513,23 @@ class SyncRun:
                 "group_id": group["group_id"],
                 "lo": lo,
                 "hi": hi,
+                "next_url": None,
+                "last_value": None,
+                "started": False,
+                "done": False,
+                "pages": 0,
+                "records": 0,
             }
-            for i, (lo, hi) in enumerate(bounds)
+            for i, (lo, hi) in enumerate(time_slices(start, utcnow(), slices))
         ]
+
+    def _start_scan(self, group: dict, expected: int | None = None) -> None:
+        """Create a group's scan streams and run them (from a fetcher thread)."""
+        rows = self._scan_streams(group, expected)
         # Created by the writer (one writer: fetchers never wait for the database's write
         # lock); the queue is FIFO, so the rows exist before any page of these streams.
         self._enqueue(("create_streams", None, [dict(r) for r in rows]))
         for row in rows:
-            row.update(next_url=None, last_value=None, started=False, done=False, pages=0, records=0)
             self._submit(self._fetch_stream, row)
 
     def _check_group(self, group: dict) -> None:
