@@ -19,8 +19,8 @@ CLOCK_SCALE = 20.0
 
 
 def test_kill_9_at_several_points_then_resume(tmp_path, db_url):
-    account = generate_account(profiles=4000, seed=13)
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.01, clock_scale=CLOCK_SCALE) as server:
+    account = generate_account(profiles=6000, seed=13)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.05, clock_scale=CLOCK_SCALE) as server:
         env = dict(os.environ)
         env.update(
             SMARTPUSH_HOME=str(tmp_path / "home"),
@@ -31,11 +31,13 @@ def test_kill_9_at_several_points_then_resume(tmp_path, db_url):
         smartpush(env, "install", "klaviyo")
         smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
         kills = 0
-        for delay in (1.0, 1.8, 2.6, 3.4):
+        last_killed = False
+        for delay in (1.5, 2.0, 2.5, 3.0):
             proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(delay)
-            if proc.poll() is None:
+            last_killed = proc.poll() is None
+            if last_killed:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             proc.wait()
@@ -44,7 +46,8 @@ def test_kill_9_at_several_points_then_resume(tmp_path, db_url):
         result = smartpush(env, "sync", "klaviyo", "--full", "--json")
         report = json.loads(result.stdout)
         assert report["outcome"] == "completed"
-        assert report["resumed"], "the run after a kill resumes from the checkpoints"
+        if last_killed:
+            assert report["resumed"], "the run after a kill resumes from the checkpoints"
         contacts = export(env, tmp_path)
 
     # Exactly the stand-in's data: every importable profile once, tags exact, no duplicates.

@@ -203,8 +203,8 @@ def test_invalid_cursor_restarts_the_stream_from_its_watermark(db_url, tmp_path)
     from smartpush_plugin_klaviyo.state import stream_t
     from smartpush_plugin_klaviyo.sync import SyncOptions
 
-    account = generate_account(profiles=2500, seed=8)
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.02, clock_scale=CLOCK_SCALE) as server:
+    account = generate_account(profiles=4000, seed=8)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.06, clock_scale=CLOCK_SCALE) as server:
         host = make_host(db_url, tmp_path, server)
         h = Harness(host=host, server=server, account=account)
         h.install_and_authorize(DEFAULT_API_KEY)
