@@ -158,13 +158,13 @@ def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> Syn
                 return run.execute(mode)
             except InvalidKeyError:
                 status.pause(ctx, PauseReason.KEY_INVALID, "Klaviyo rejected the key (401): it was revoked, expired or is wrong.")
-                return run._report("paused", started, False, "Sync paused: Klaviyo rejected the key.")
+                return run.report("paused", started, False, "Sync paused: Klaviyo rejected the key.")
             except MissingScopeError as exc:
                 scopes = ", ".join(exc.scopes) or "a read scope"
                 status.pause(ctx, PauseReason.MISSING_SCOPE, f"The key is missing the scope(s): {scopes}")
-                return run._report("paused", started, False, f"Sync paused: the key is missing {scopes}.")
+                return run.report("paused", started, False, f"Sync paused: the key is missing {scopes}.")
             except SyncCancelled as exc:
-                return run._report("cancelled", started, False, str(exc))
+                return run.report("cancelled", started, False, str(exc))
             except Exception as exc:  # noqa: BLE001 - every other failure counts towards a pause
                 return _sync_failed(ctx, run, started, exc)
     finally:
@@ -185,10 +185,10 @@ def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception) -> Syn
     detail = str(exc) if isinstance(exc, KlaviyoPluginError) else kind
     if errors >= MAX_CONSECUTIVE_ERRORS:
         status.pause(ctx, PauseReason.SYNC_ERROR, f"{errors} consecutive failed syncs; last: {detail}"[:500])
-        return run._report("paused", started, False, f"Sync paused after {errors} failed attempts: {detail}")
+        return run.report("paused", started, False, f"Sync paused after {errors} failed attempts: {detail}")
     # Retry soon rather than tomorrow: the run resumes from its checkpoints.
     ctx.scheduler.schedule(INTEGRATION, every=DAILY, first_run=utcnow() + RETRY_AFTER_FAILURE)
-    return run._report("failed", started, False, f"Sync failed ({detail}); it resumes from its checkpoint next time.")
+    return run.report("failed", started, False, f"Sync failed ({detail}); it resumes from its checkpoint next time.")
 
 
 def get_status(ctx: HostContext) -> IntegrationStatus:

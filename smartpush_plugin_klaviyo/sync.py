@@ -106,7 +106,7 @@ class _Stop(Exception):
 
 
 class SyncRun:
-    """One sync run of one store. Use :func:`run_sync`."""
+    """One sync run of one store; :func:`smartpush_plugin_klaviyo.service.sync` runs it."""
 
     def __init__(self, ctx: HostContext, client, options: SyncOptions):
         self.ctx = ctx
@@ -149,7 +149,7 @@ class SyncRun:
             watcher.join(timeout=5)
         if self.aborted is not None:
             raise self.aborted
-        return self._report("completed", started, resumed)
+        return self.report("completed", started, resumed)
 
     # ----------------------------------------------------------- run records
     def _load_or_create_run(self, requested_mode: str, integ) -> tuple[dict, bool]:
@@ -605,7 +605,7 @@ class SyncRun:
 
     def _finish_run(self, run: dict) -> None:
         now = utcnow()
-        report = self._report("completed", run["started_at"], False)
+        report = self.report("completed", run["started_at"], False)
         with self.ctx.storage.transaction() as tx:
             self._check_epoch(tx)
             tx.execute(
@@ -671,7 +671,7 @@ class SyncRun:
         if cancel is not None:
             cancel()
 
-    def _report(self, outcome: str, started: datetime, resumed: bool, message: str = "") -> SyncReport:
+    def report(self, outcome: str, started: datetime, resumed: bool, message: str = "") -> SyncReport:
         return SyncReport(
             integration="klaviyo",
             store_id=self.store_id,

@@ -76,3 +76,14 @@ def host(tmp_path, db_url):
     h = DevHost(db_url, tmp_path / "home", env={})
     yield h
     h.close()
+
+
+@pytest.fixture
+def server(account):
+    """The stand-in serving the test module's ``account`` fixture on 127.0.0.1."""
+    from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer
+
+    from tests.harness import CLOCK_SCALE
+
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as srv:
+        yield srv

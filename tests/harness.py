@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from hookspecs import get_plugin_manager
@@ -43,6 +44,19 @@ class Harness:
     def export(self) -> list[dict]:
         ctx = self.ctx
         return list(iter_export(self.host.storage, ctx.contacts))
+
+
+def cli_environment(tmp_path, db_url: str, server) -> dict[str, str]:
+    """Environment for running the real ``smartpush`` command against ``server``."""
+    env = dict(os.environ)
+    env.update(
+        SMARTPUSH_HOME=str(tmp_path / "home"),
+        SMARTPUSH_DATABASE_URL=db_url,
+        KLAVIYO_BASE_URL=server.base_url,
+        KLAVIYO_TIME_SCALE=str(CLOCK_SCALE),
+    )
+    env.pop("KLAVIYO_API_KEY", None)
+    return env
 
 
 def make_host(db_url: str, tmp_path, server, **settings) -> DevHost:

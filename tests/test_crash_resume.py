@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -12,22 +11,16 @@ import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 
 from tests import expectations as exp
+from tests.harness import CLOCK_SCALE, cli_environment
 from tests.test_end_to_end_cli import export, smartpush
 
 pytestmark = pytest.mark.slow
-CLOCK_SCALE = 20.0
 
 
 def test_kill_9_at_several_points_then_resume(tmp_path, db_url):
     account = generate_account(profiles=6000, seed=13)
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=0.05, clock_scale=CLOCK_SCALE) as server:
-        env = dict(os.environ)
-        env.update(
-            SMARTPUSH_HOME=str(tmp_path / "home"),
-            SMARTPUSH_DATABASE_URL=db_url,
-            KLAVIYO_BASE_URL=server.base_url,
-            KLAVIYO_TIME_SCALE=str(CLOCK_SCALE),
-        )
+        env = cli_environment(tmp_path, db_url, server)
         smartpush(env, "install", "klaviyo")
         smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
         kills = 0

@@ -7,17 +7,16 @@ stand-in's own data; then a second full sync must leave the same contacts and ui
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections import defaultdict
 
 import pytest
-from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
+from klaviyo_standin import DEFAULT_API_KEY, generate_account
 
 from tests import expectations as exp
 from tests.conftest import using_postgres
+from tests.harness import cli_environment
 
-CLOCK_SCALE = 20.0
 
 
 def smartpush(env, *args, check=True, input=None):
@@ -35,22 +34,8 @@ def account():
 
 
 @pytest.fixture
-def server(account):
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as srv:
-        yield srv
-
-
-@pytest.fixture
 def cli_env(tmp_path, db_url, server):
-    env = dict(os.environ)
-    env.update(
-        SMARTPUSH_HOME=str(tmp_path / "home"),
-        SMARTPUSH_DATABASE_URL=db_url,
-        KLAVIYO_BASE_URL=server.base_url,
-        KLAVIYO_TIME_SCALE=str(CLOCK_SCALE),
-    )
-    env.pop("KLAVIYO_API_KEY", None)
-    return env
+    return cli_environment(tmp_path, db_url, server)
 
 
 def export(env, tmp_path, name="export.jsonl"):

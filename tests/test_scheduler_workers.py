@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from datetime import timedelta
 
 import pytest
-from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
+from klaviyo_standin import DEFAULT_API_KEY, generate_account
 from sqlalchemy import func, select
 
 from smartpush_plugin_klaviyo.state import run_t
 from tests import expectations as exp
-from tests.harness import CLOCK_SCALE, Harness, make_host
+from tests.harness import Harness, cli_environment, make_host
 from tests.test_end_to_end_cli import smartpush
 
 
 @pytest.fixture
 def account():
     return generate_account(profiles=300, seed=31)
-
-
-@pytest.fixture
-def server(account):
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as srv:
-        yield srv
 
 
 def test_authorize_schedules_a_daily_sync_that_the_scheduler_runs(db_url, tmp_path, server, account):
@@ -66,13 +59,7 @@ def test_a_dead_workers_lease_is_taken_over_at_once(db_url, tmp_path, server, ac
 @pytest.mark.slow
 def test_worker_processes_sync_many_stores_concurrently(db_url, tmp_path, server, account):
     """Four stores, three `smartpush scheduler run --once` processes at once, one database."""
-    env = dict(os.environ)
-    env.update(
-        SMARTPUSH_HOME=str(tmp_path / "home"),
-        SMARTPUSH_DATABASE_URL=db_url,
-        KLAVIYO_BASE_URL=server.base_url,
-        KLAVIYO_TIME_SCALE=str(CLOCK_SCALE),
-    )
+    env = cli_environment(tmp_path, db_url, server)
     stores = [f"shop{i}" for i in range(4)]
     for store in stores:
         smartpush(env, "--store", store, "install", "klaviyo")
