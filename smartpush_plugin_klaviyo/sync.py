@@ -79,7 +79,7 @@ class SyncOptions:
     max_member_slices: int = 16
     first_scan_slices: int = 6
     """Slices of a group scanned for the first time (its size is not known yet)."""
-    queue_pages: int = 48
+    queue_pages: int = 16
     """Pages buffered between fetchers and the writer (bounds memory)."""
     lease_owner: str = field(default_factory=lease.new_owner_id)
     stop_event: threading.Event | None = None
