@@ -13,6 +13,7 @@ from sqlalchemy import and_, delete, insert, select, update
 
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.models import KlaviyoGroup, parse_group
+from smartpush_plugin_klaviyo.pagination import iter_pages
 from smartpush_plugin_klaviyo.state import group_t, membership_t
 from smartpush_plugin_klaviyo.writer import PageWriter
 
@@ -26,16 +27,11 @@ GROUP_FIELDS = {
 def fetch_groups(client) -> Iterator[KlaviyoGroup]:
     """Every list and segment of the account (pages of 10, the spec's maximum)."""
     for kind, path in GROUP_ENDPOINTS.items():
-        body = client.get(path, {f"fields[{kind}]": GROUP_FIELDS[kind], "page[size]": 10})
-        while True:
-            for resource in body.get("data") or []:
+        for page in iter_pages(client, path, {f"fields[{kind}]": GROUP_FIELDS[kind], "page[size]": 10}):
+            for resource in page.data:
                 group = parse_group(resource, kind)
                 if group is not None:
                     yield group
-            next_url = (body.get("links") or {}).get("next")
-            if not next_url:
-                break
-            body = client.get_url(next_url)
 
 
 def apply_groups(tx, writer: PageWriter, groups: list) -> dict[str, int]:

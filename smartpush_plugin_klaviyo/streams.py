@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from smartpush_plugin_klaviyo.pagination import and_, greater_or_equal, greater_than, less_than
 from smartpush_plugin_klaviyo.timeutil import format_iso, parse_iso
 
 PROFILES_PATH = "/api/profiles"
@@ -17,36 +18,26 @@ PAGE_SIZE = 100
 RESTART_OVERLAP = timedelta(seconds=1)
 
 
-def _and(conditions: list[str]) -> str | None:
-    if not conditions:
-        return None
-    if len(conditions) == 1:
-        return conditions[0]
-    return "and(" + ",".join(conditions) + ")"
-
-
 def profile_request(lo: str | None, hi: str | None, *, after: str | None = None) -> tuple[str, dict]:
     """The first request of a profile window ``(lo, hi)`` on ``updated``.
 
     ``after`` restarts the window from a value already delivered (minus a second of
     overlap, so equal timestamps are not lost; the writer dedupes by id).
     """
-    conditions = []
-    start = lo
-    if after:
-        restart = parse_iso(after)
-        if restart is not None:
-            start = format_iso(restart - RESTART_OVERLAP)
-    if start:
-        conditions.append(f"greater-than(updated,{start})")
-    if hi:
-        conditions.append(f"less-than(updated,{hi})")
+    start = parse_iso(lo)
+    restart = parse_iso(after)
+    if restart is not None:
+        start = restart - RESTART_OVERLAP
+    end = parse_iso(hi)
     params: dict = {
         "additional-fields[profile]": "subscriptions",
         "page[size]": PAGE_SIZE,
         "sort": "updated",
     }
-    flt = _and(conditions)
+    flt = and_(
+        greater_than("updated", start) if start else None,
+        less_than("updated", end) if end else None,
+    )
     if flt:
         params["filter"] = flt
     return PROFILES_PATH, params
@@ -54,13 +45,12 @@ def profile_request(lo: str | None, hi: str | None, *, after: str | None = None)
 
 def member_request(kind: str, group_id: str, lo: str | None, hi: str | None) -> tuple[str, dict]:
     """The first request of a membership slice on ``joined_group_at`` in ``[lo, hi)``."""
-    conditions = []
-    if lo:
-        conditions.append(f"greater-or-equal(joined_group_at,{lo})")
-    if hi:
-        conditions.append(f"less-than(joined_group_at,{hi})")
+    start, end = parse_iso(lo), parse_iso(hi)
     params: dict = {"page[size]": PAGE_SIZE}
-    flt = _and(conditions)
+    flt = and_(
+        greater_or_equal("joined_group_at", start) if start else None,
+        less_than("joined_group_at", end) if end else None,
+    )
     if flt:
         params["filter"] = flt
     return MEMBER_PATHS[kind].replace("{id}", group_id), params

@@ -41,6 +41,7 @@ from smartpush_plugin_klaviyo.errors import (
     KlaviyoPluginError,
     SyncCancelled,
 )
+from smartpush_plugin_klaviyo.pagination import any_of
 from smartpush_plugin_klaviyo.state import (
     group_t,
     integration_t,
@@ -584,10 +585,9 @@ class SyncRun:
             )
         for start in range(0, len(candidates), 100):
             chunk = candidates[start : start + 100]
-            ids = ",".join(f"'{k}'" for k in chunk if "'" not in k)
             body = self.client.get(
                 PROFILES_PATH,
-                {"filter": f"any(id,[{ids}])", "page[size]": 100, "additional-fields[profile]": "subscriptions"},
+                {"filter": any_of("id", chunk), "page[size]": 100, "additional-fields[profile]": "subscriptions"},
             )
             alive = [r for r in body.get("data") or [] if isinstance(r, dict)]
             alive_ids = {r.get("id") for r in alive}
