@@ -2,7 +2,7 @@
 
 Everything the plugin needs to resume, diff and report lives here, keyed by
 ``store_id`` so stores stay isolated. Rows are written in the same transaction as
-the contacts they describe (see :mod:`smartpush_plugin_klaviyo.sync_writer`), so a
+the contacts they describe (see :mod:`smartpush_plugin_klaviyo.writer`), so a
 crash leaves both or neither.
 
 No table holds PII: Klaviyo ids, group names, cursors (``links.next`` URLs carry

@@ -9,7 +9,6 @@ re-applying a page is harmless because every write is keyed by Klaviyo id.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -486,6 +485,3 @@ def _replace_pending(text: str, real: dict[str, str]) -> str:
         text = text.replace(temp, uid)
     return text
 
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
