@@ -79,18 +79,24 @@ def test_authorize_refuses_a_bad_key_and_names_a_missing_scope(h):
 def test_incremental_sync_follows_every_kind_of_change(h, account):
     h.install_and_authorize(DEFAULT_API_KEY)
     assert h.sync("full").outcome == "completed"
-    assert_tags_exact(h)
+    before = assert_tags_exact(h)
+    # Profiles that are a contact of their own (not merged with a duplicate), so each
+    # change below has exactly one expected effect.
+    single = [c["klaviyo_ids"][0] for c in before if len(c["klaviyo_ids"]) == 1]
     ids = account.profile_ids()
     lists = account.lists()
     segments = account.segments()
     big = max(lists, key=lambda g: account.member_count(g["id"]))
-    members = [pid for pid, _ in account.iter_members(big["id"])]
+    big_tag = exp.expected_group_tags(account)[big["id"]]
+    member_set = {pid for pid, _ in account.iter_members(big["id"])}
+    members = [pid for pid in single if pid in member_set]
+    renamed = next(pid for pid in single if pid not in members[:4])
     # updates, joins, leaves, deletes, merges, renames, new and deleted groups
-    account.update_profile(ids[0], {"first_name": "Renamed", "last_name": "Person", "properties": {"tier": "gold"}})
+    account.update_profile(renamed, {"first_name": "Renamed", "last_name": "Person", "properties": {"tier": "gold"}})
     new_id = account.create_profile({"email": "brand.new@example.com", "first_name": "Nova"})
     account.add_member(big["id"], new_id)
     account.remove_member(big["id"], members[0])
-    outsider = next(pid for pid in ids if pid not in set(members))
+    outsider = next(pid for pid in single if pid not in member_set and pid != renamed)
     account.add_member(big["id"], outsider)
     account.delete_profile(members[1])
     account.merge_profiles(members[2], members[3])
@@ -104,11 +110,16 @@ def test_incremental_sync_follows_every_kind_of_change(h, account):
     assert report.mode == "incremental"
     contacts = assert_tags_exact(h)
     by_kid = {kid: c for c in contacts for kid in c["klaviyo_ids"]}
-    assert by_kid[ids[0]]["name"] in ("Renamed Person", by_kid[ids[0]]["name"])
-    assert by_kid[ids[0]]["properties"]["kla_tier"] == "gold"
+    assert by_kid[renamed]["name"] == "Renamed Person"  # the plugin filled the name, so it follows Klaviyo
+    assert by_kid[renamed]["properties"]["kla_tier"] == "gold"
     assert by_kid[new_id]["email"] == "brand.new@example.com"
+    assert big_tag in by_kid[new_id]["tags"] and big_tag in by_kid[outsider]["tags"]
+    assert big_tag not in by_kid[members[0]]["tags"]  # left the list
     assert "kla_segment_renamed_segment" in {t for c in contacts for t in c["tags"]}
-    assert members[1] not in by_kid or not by_kid[members[1]]["tags"] or True  # deleted: tags follow memberships
+    # Deleted and merged-away profiles: their contacts are kept, their list tag is gone.
+    assert big_tag not in by_kid[members[1]]["tags"]
+    assert big_tag not in by_kid[members[3]]["tags"]
+    assert big_tag in by_kid[members[2]]["tags"]
 
 
 def test_incremental_costs_a_fraction_of_a_full_sync(h, account):
