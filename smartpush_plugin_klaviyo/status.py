@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from hookspecs.interfaces import HostContext
 from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason
@@ -42,8 +42,6 @@ def pause(ctx: HostContext, reason: PauseReason, detail: str | None = None, **ex
 
 def build_status(ctx: HostContext) -> IntegrationStatus:
     """Read-only: the stored state plus cheap counts. Never calls Klaviyo."""
-    from sqlalchemy import func
-
     with ctx.storage.transaction() as tx:
         row = load(tx, ctx.store_id)
         if row is None:
