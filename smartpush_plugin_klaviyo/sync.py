@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Integer, String, and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.interfaces import HostContext
 from hookspecs.types import SkippedRecord, SyncReport
@@ -41,6 +41,8 @@ from smartpush_plugin_klaviyo.errors import (
     KlaviyoPluginError,
     SyncCancelled,
 )
+from smartpush_plugin_klaviyo.mapping import map_profile
+from smartpush_plugin_klaviyo.memory import HeapTrimmer
 from smartpush_plugin_klaviyo.pagination import any_of
 from smartpush_plugin_klaviyo.state import (
     group_t,
@@ -100,6 +102,37 @@ def _interleave(streams: list[dict]) -> list[dict]:
             if q:
                 ordered.append(q.pop(0))
     return ordered
+
+
+_ADVANCE_STREAM = (
+    # Built once: constructing this UPDATE for every page cost more than running it.
+    update(stream_t)
+    .where(
+        and_(
+            stream_t.c.store_id == bindparam("b_store"),
+            stream_t.c.run_id == bindparam("b_run"),
+            stream_t.c.key == bindparam("b_key"),
+        )
+    )
+    .values(
+        next_url=bindparam("b_next", type_=String),
+        started=True,
+        pages=stream_t.c.pages + 1,
+        records=stream_t.c.records + bindparam("b_n", type_=Integer),
+        last_value=func.coalesce(bindparam("b_last", type_=String), stream_t.c.last_value),
+    )
+)
+"""A stream's checkpoint after one page: cursor, counters and the last ``updated`` seen."""
+
+
+def _last_updated(data: list) -> str | None:
+    """The ``updated`` of the last resource of a page that has one."""
+    for resource in reversed(data):
+        attrs = resource.get("attributes") if isinstance(resource, dict) else None
+        value = attrs.get("updated") if isinstance(attrs, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class _Stop(Exception):
@@ -332,6 +365,7 @@ class SyncRun:
     """Queued items applied in one transaction (fewer BEGIN/COMMIT and epoch checks)."""
 
     def _write_loop(self) -> None:
+        trimmer = HeapTrimmer()
         while True:
             with self.outstanding_lock:
                 idle = self.outstanding == 0
@@ -383,31 +417,20 @@ class SyncRun:
                             tx.execute(insert(stream_t), payload)
             if barrier is not None:
                 barrier.set()
+            trimmer.maybe_trim()
 
     def _apply_page(self, tx, stream: dict, page: dict) -> None:
-        data = page["data"]
         if stream["kind"] == "profiles":
-            self.writer.write_profiles(tx, data)
-            last = None
-            for resource in reversed(data):
-                last = ((resource or {}).get("attributes") or {}).get("updated")
-                if last:
-                    break
+            self.writer.write_mapped(tx, page["mapped"])
+            last, n = page["last"], len(page["mapped"])
         else:
+            data = page["data"]
             self.writer.write_members(tx, stream["group_id"], [r.get("id") for r in data if isinstance(r, dict)])
-            last = None
-        values = {
-            "next_url": page["next_url"],
-            "started": True,
-            "pages": stream_t.c.pages + 1,
-            "records": stream_t.c.records + len(data),
-        }
-        if last:
-            values["last_value"] = last
+            last, n = None, len(data)
         tx.execute(
-            update(stream_t)
-            .where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == stream["key"]))
-            .values(**values)
+            _ADVANCE_STREAM,
+            {"b_store": self.store_id, "b_run": self.run_id, "b_key": stream["key"],
+             "b_next": page["next_url"], "b_n": n, "b_last": last},
         )
 
     def _stream_done(self, tx, stream: dict) -> None:
@@ -464,13 +487,16 @@ class SyncRun:
                 raise
             data = body.get("data") or []
             next_url = (body.get("links") or {}).get("next")
-            self._enqueue(("page", stream, {"data": data, "next_url": next_url}))
             if stream["kind"] == "profiles":
-                for resource in reversed(data):
-                    value = ((resource or {}).get("attributes") or {}).get("updated")
-                    if value:
-                        last_value = value
-                        break
+                page_last = _last_updated(data)
+                if page_last:
+                    last_value = page_last
+                # Mapped here, not by the writer: the writer is the one serial stage of
+                # the run, so it only writes (and a mapped page is smaller in the queue).
+                payload = {"mapped": [map_profile(r) for r in data], "last": page_last, "next_url": next_url}
+            else:
+                payload = {"data": data, "next_url": next_url}
+            self._enqueue(("page", stream, payload))
             if not next_url:
                 self._enqueue(("stream_done", stream, None))
                 return

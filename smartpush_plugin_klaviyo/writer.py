@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
+from hookspecs.fastsql import FastStatement, bind_value
 from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.state import (
@@ -76,6 +77,32 @@ class PageWriter:
                 membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)),
             )
         )
+        self._q_known = select(
+            profile_map_t.c.klaviyo_id,
+            profile_map_t.c.contact_uid,
+            profile_map_t.c.is_primary,
+            profile_map_t.c.owned_fields,
+        ).where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(bindparam("kids", expanding=True))))
+        self._q_unskip = delete(skipped_t).where(
+            and_(skipped_t.c.store_id == bindparam("store"), skipped_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)))
+        )
+        self._q_still_seen = (
+            update(profile_map_t)
+            .where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(bindparam("kids", expanding=True))))
+            .values(last_seen_run=bindparam("run"))
+        )
+        self._q_skip = insert(skipped_t)
+        self._q_seen = (
+            update(membership_t)
+            .where(
+                and_(
+                    membership_t.c.store_id == bindparam("store"),
+                    membership_t.c.group_id == bindparam("gid"),
+                    membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)),
+                )
+            )
+            .values(seen_gen=bindparam("gen"))
+        )
 
     def group_tags(self, tx) -> dict[str, str]:
         """group id -> tag, read once per run (groups only change in the groups phase)."""
@@ -106,14 +133,17 @@ class PageWriter:
     # ------------------------------------------------------------------ profiles
     def write_profiles(self, tx, resources: Iterable[dict]) -> None:
         """Import one page of profile resources (JSON:API dicts)."""
+        self.write_mapped(tx, [mapping.map_profile(resource) for resource in resources])
+
+    def write_mapped(self, tx, results: Iterable[mapping.MappedProfile | mapping.Skip]) -> None:
+        """Import one page of profiles already mapped by :func:`mapping.map_profile`."""
         store = self.store_id
         contacts = self.ctx.contacts
         counts = self.counters.counts
         by_id: dict[str, mapping.MappedProfile] = {}
         skips: dict[str, str] = {}
-        for resource in resources:
+        for result in results:
             counts["profiles_seen"] += 1
-            result = mapping.map_profile(resource)
             if isinstance(result, mapping.Skip):
                 if result.klaviyo_id:
                     skips[result.klaviyo_id] = result.reason
@@ -127,17 +157,7 @@ class PageWriter:
         if not by_id:
             return
         kids = list(by_id)
-        known = {
-            row.klaviyo_id: row
-            for row in tx.execute(
-                select(
-                    profile_map_t.c.klaviyo_id,
-                    profile_map_t.c.contact_uid,
-                    profile_map_t.c.is_primary,
-                    profile_map_t.c.owned_fields,
-                ).where(and_(profile_map_t.c.store_id == store, profile_map_t.c.klaviyo_id.in_(kids)))
-            )
-        }
+        known = {row.klaviyo_id: row for row in tx.execute(self._q_known, {"store": store, "kids": kids})}
         unmapped = [m for m in by_id.values() if m.klaviyo_id not in known]
         by_email = contacts.find_by_emails(tx, {m.email_key for m in unmapped if m.email_key}) if unmapped else {}
         by_phone = contacts.find_by_phones(tx, {m.phone for m in unmapped if m.phone}) if unmapped else {}
@@ -270,7 +290,11 @@ class PageWriter:
             contacts.update_many(tx, changed)
             counts["contacts_updated"] += len(changed)
         if map_inserts:
-            tx.execute(insert(profile_map_t), map_inserts)
+            true = bind_value(tx, profile_map_t.c.is_primary, True)
+            false = bind_value(tx, profile_map_t.c.is_primary, False)
+            for values in map_inserts:
+                values["is_primary"] = true if values["is_primary"] else false
+            _INSERT_MAP.executemany(tx, map_inserts)
         if map_updates:
             tx.execute(
                 update(profile_map_t)
@@ -296,10 +320,7 @@ class PageWriter:
                     for v in map_updates
                 ],
             )
-        imported = kids
-        tx.execute(
-            delete(skipped_t).where(and_(skipped_t.c.store_id == store, skipped_t.c.klaviyo_id.in_(imported)))
-        )
+        tx.execute(self._q_unskip, {"store": store, "kids": kids})
         if events:
             self._record_events(tx, events)
         counts["profiles_imported"] += len(kids)
@@ -315,15 +336,11 @@ class PageWriter:
     def _record_skips(self, tx, skips: dict[str, str]) -> None:
         ids = list(skips)
         # A mapped profile that is skipped now still exists in Klaviyo: not a deletion.
-        tx.execute(
-            update(profile_map_t)
-            .where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(ids)))
-            .values(last_seen_run=self.run_id)
-        )
-        tx.execute(delete(skipped_t).where(and_(skipped_t.c.store_id == self.store_id, skipped_t.c.klaviyo_id.in_(ids))))
+        tx.execute(self._q_still_seen, {"store": self.store_id, "kids": ids, "run": self.run_id})
+        tx.execute(self._q_unskip, {"store": self.store_id, "kids": ids})
         now = utcnow()
         tx.execute(
-            insert(skipped_t),
+            self._q_skip,
             [
                 {"store_id": self.store_id, "klaviyo_id": kid, "reason": reason[:500], "run_id": self.run_id, "seen_at": now}
                 for kid, reason in skips.items()
@@ -355,25 +372,12 @@ class PageWriter:
         self.counters.counts["memberships_seen"] += len(kids)
         existing = set(tx.execute(self._q_existing_members, {"store": store, "gid": group_id, "kids": kids}).scalars())
         if existing and scan:
-            tx.execute(
-                update(membership_t)
-                .where(
-                    and_(
-                        membership_t.c.store_id == store,
-                        membership_t.c.group_id == group_id,
-                        membership_t.c.klaviyo_id.in_(list(existing)),
-                    )
-                )
-                .values(seen_gen=self.gen)
-            )
+            tx.execute(self._q_seen, {"store": store, "gid": group_id, "kids": list(existing), "gen": self.gen})
         new = [k for k in kids if k not in existing]
         if new:
-            tx.execute(
-                insert(membership_t),
-                [
-                    {"store_id": store, "group_id": group_id, "klaviyo_id": k, "seen_gen": self.gen if scan else 0}
-                    for k in new
-                ],
+            gen = self.gen if scan else 0
+            _INSERT_MEMBER.executemany(
+                tx, [{"store_id": store, "group_id": group_id, "klaviyo_id": k, "seen_gen": gen} for k in new]
             )
             self.counters.counts["memberships_added"] += len(new)
             # A new membership can only add this group's tag: no full reconciliation needed
@@ -471,6 +475,12 @@ class PageWriter:
             if remove:
                 self.ctx.contacts.remove_tags(tx, remove)
 
+
+_INSERT_MAP = FastStatement(
+    insert(profile_map_t),
+    ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run"],
+)
+_INSERT_MEMBER = FastStatement(insert(membership_t), ["store_id", "group_id", "klaviyo_id", "seen_gen"])
 
 _STANDARD = ("email", "phone", "name", "country")
 _NEW_FIELDS = ("email", "phone", "name", "country", "email_subscription", "sms_subscription", "properties")

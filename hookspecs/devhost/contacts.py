@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.devhost.crypto import Keyring
-from hookspecs.devhost.fastsql import FastStatement, bind_value
+from hookspecs.fastsql import FastStatement, bind_value
 from hookspecs.devhost.ids import new_uids
 from hookspecs.devhost.models import contacts_t, tags_t, utcnow
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
@@ -140,10 +140,7 @@ class SqlContactStore:
         """The contacts with these uids (missing uids are absent from the result)."""
         out: dict[str, Contact] = {}
         for chunk in _chunks(list(dict.fromkeys(uids))):
-            stmt = select(*self._COLUMNS).where(
-                and_(contacts_t.c.store_id == self.store_id, contacts_t.c.uid.in_(chunk))
-            )
-            for row in tx.execute(stmt):
+            for row in tx.execute(_GET_MANY, {"store": self.store_id, "uids": chunk}):
                 out[row.uid] = self._decode(row)
         return out
 
@@ -155,13 +152,9 @@ class SqlContactStore:
             if norm:
                 for idx in self.keyring.lookup_indexes(kind, norm):
                     by_index[idx].append(given)
+        stmt = _FIND[column.name]
         for chunk in _chunks(list(by_index)):
-            # no ORDER BY: it would tempt SQLite into walking the (store_id, uid)
-            # index instead of the blind index one; results are sorted below
-            stmt = select(contacts_t.c.uid, column).where(
-                and_(contacts_t.c.store_id == self.store_id, column.in_(chunk))
-            )
-            for uid, idx in tx.execute(stmt):
+            for uid, idx in tx.execute(stmt, {"store": self.store_id, "values": chunk}):
                 for given in by_index[idx]:
                     if uid not in result[given]:
                         result[given].append(uid)
@@ -334,6 +327,19 @@ class SqlContactStore:
             out[channel] = {(status or "unknown"): int(n) for status, n in tx.execute(stmt)}
         return out
 
+
+# Read statements built once (building one costs more than running it on a 100-row page).
+_GET_MANY = select(*SqlContactStore._COLUMNS).where(
+    and_(contacts_t.c.store_id == bindparam("store"), contacts_t.c.uid.in_(bindparam("uids", expanding=True)))
+)
+# No ORDER BY: it would tempt SQLite into walking the (store_id, uid) index instead of
+# the blind index one; _find sorts the results itself.
+_FIND = {
+    column.name: select(contacts_t.c.uid, column).where(
+        and_(contacts_t.c.store_id == bindparam("store"), column.in_(bindparam("values", expanding=True)))
+    )
+    for column in (contacts_t.c.email_bidx, contacts_t.c.phone_bidx)
+}
 
 _CONTACT_COLUMNS = [
     "uid", "store_id", "key_id", "email_bidx", "phone_bidx",

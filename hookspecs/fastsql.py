@@ -1,4 +1,4 @@
-"""Executemany for hot paths: a Core statement compiled once per dialect.
+"""Executemany for hot paths: a Core statement compiled once per dialect (host and plugins).
 
 ``Connection.execute(insert(table), rows)`` spends ~15 µs per row in SQLAlchemy's
 per-row parameter processing, three times what SQLite needs to insert the row. For
