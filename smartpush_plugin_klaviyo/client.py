@@ -6,7 +6,8 @@ pool) and is safe to share between the threads of a pool. Every request:
 1. takes a slot from its endpoint's :class:`~smartpush_plugin_klaviyo.ratelimit.RateBudget`
    (``profile_count`` requests also take one from that field's stricter budget);
 2. is sent with ``Authorization: Klaviyo-API-Key …``, ``revision`` and JSON:API ``Accept``;
-3. feeds the response's ``RateLimit-*`` headers back to the budget;
+3. feeds the response's ``RateLimit-*`` headers back to the budget, with the grant's
+   ticket (so the budget knows which of its grants the server had counted);
 4. is mapped to the error hierarchy of :mod:`smartpush_plugin_klaviyo.errors`.
 
 Retries (with :mod:`tenacity`: jittered exponential backoff, bounded by ``max_retries``
@@ -300,8 +301,10 @@ class KlaviyoClient:
 
     def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple) -> dict:
         cancel = self.cancel_event
+        ticket = None  # the grant of the last budget, the one the response's headers describe
         for budget in budgets:
-            if not budget.acquire(timeout=self.max_retry_time, cancel=cancel):
+            ticket = budget.acquire_ticket(timeout=self.max_retry_time, cancel=cancel)
+            if ticket is None:
                 exc = RateLimitedError("waited too long for the rate budget", endpoint=template, status=None)
                 exc.final = True
                 raise exc
@@ -315,7 +318,7 @@ class KlaviyoClient:
         headers = response.headers
         status = response.status_code
         if status < 300:
-            budgets[-1].observe(headers)
+            budgets[-1].observe(headers, ticket=ticket)
             try:
                 body = _loads(response.content)
             except _JSONError:
@@ -329,7 +332,7 @@ class KlaviyoClient:
             for budget in budgets:
                 budget.penalize(retry_after)
             raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after)
-        budgets[-1].observe(headers)
+        budgets[-1].observe(headers, ticket=ticket)
         raise self._error(template, response)
 
     def _error(self, template: str, response: httpx.Response) -> KlaviyoAPIError:

@@ -1,23 +1,62 @@
 """Per-endpoint rate budgets matching Klaviyo's burst (1 s) and steady (60 s) windows.
 
-Klaviyo counts requests per *account* in fixed windows, and every private-key
-integration of the account shares the quota. A :class:`RateBudget` therefore keeps a
-safety margin under each published limit (default 90 %) and uses a *sliding log*: a
-request is granted only if fewer than ``allowed`` requests were granted in the last
-window length. That bounds the count in **every** window of that length, aligned or
-not, so Klaviyo's fixed windows can never see more than ``allowed`` of ours.
+Klaviyo counts requests per *account* and endpoint in **fixed** windows (a burst window
+of 1 s, a steady window of 60 s), and every private-key integration of the account
+shares the quota. A :class:`RateBudget` keeps a safety margin under each published limit
+(default 90 %; the rest, the *reserve*, is left to the other integrations and to timing
+jitter) and runs in one of two modes for the steady window:
 
-On top of the local log:
+**Sliding log** (no server information yet, or the server sends no ``RateLimit-*``
+headers). A request is granted only if fewer than ``allowed`` requests were granted in
+the last window length. That bounds the count in *every* span of that length, aligned
+or not, so Klaviyo's fixed windows can never see more than ``allowed`` of ours, whatever
+their alignment. The price: it cannot use the window boundary. Right after a boundary
+Klaviyo allows a full window again, but the log still remembers the grants of the last
+60 s, so a long run gets ``allowed`` per 60 s span instead of ``allowed`` per fixed window.
 
-* :meth:`RateBudget.observe` reads ``RateLimit-Limit/Remaining/Reset`` from a response:
-  when the server says fewer requests remain than we think (another integration is
-  using the quota), the budget caps what it grants until the window resets;
+**Server-guided** (once a response's headers were seen). Every non-429 response reports
+``RateLimit-Remaining`` (left in the current steady window) and ``RateLimit-Reset``
+(seconds until it resets), which is exactly what the sliding log has to guess. Every
+grant gets a *ticket* (a grant number, returned by :meth:`RateBudget.acquire_ticket`);
+the client passes it back to :meth:`RateBudget.observe` with the response's headers, and
+the budget keeps the newest observation (highest ticket):
+
+* it grants while ``remaining - reserve - (grants made after that ticket) > 0``, where
+  ``reserve = limit - floor(limit * margin)`` (75 of 750 at 90 %), so the other
+  integrations keep their share and requests still in flight are counted;
+* it knows when the observed window resets: ``now + Reset`` at the observation, the
+  smallest such instant over the observations made before it passed (``Reset`` comes in
+  whole seconds rounded up, as the stand-in sends it, so each instant is an upper bound
+  of the end of the window the request was counted in: the response left the server
+  after the request was counted; a response from the next window gives a later one);
+* once that instant has passed, the stored ``remaining`` is stale: exactly **one** probe
+  request is granted, and nothing more until a response to a request granted since then
+  is observed (if none comes within a burst window, another probe goes out). The probe
+  lands in the new window and its response reports the new window's ``remaining``, so a
+  full window's worth follows at once. If the probe shows the old window still running
+  (a server that rounds ``Reset`` down), the budget just keeps waiting: the probe came
+  out of the reserve, so no 429 happens.
+
+This is safe with other clients on the account (they show up in ``remaining``) and with
+servers whose windows slide (their ``remaining`` only recovers gradually). When the
+stored figures are stale and a newer response comes without the headers (or with
+malformed ones), the budget goes back to the sliding log; a response without them while
+the figures are fresh (an error page, say) changes nothing, since the figures stay true
+until their window resets. The sliding log records every grant in both modes, so
+switching is safe in both directions.
+
+Always, whatever the mode:
+
+* the burst window is a local sliding log at the margin (67 per second for 75/s);
 * :meth:`RateBudget.penalize` (on a 429) blocks the endpoint until ``Retry-After`` has
-  passed and halves the rate for one steady window.
+  passed, and for one steady window afterwards the sliding log runs at half the rate
+  *in addition to* the server's figures;
+* observations of a burst window (a ``w=1`` policy) cap the grants until it resets.
 
 The clock is injected (``clock`` monotonic seconds, ``sleep``) so tests are fast and
 deterministic, and ``time_scale`` shrinks every window for stand-ins whose clock runs
-faster (``time_scale=10``: the 1 s burst window lasts 0.1 s).
+faster (``time_scale=10``: the 1 s burst window lasts 0.1 s); header durations
+(``Retry-After``, ``RateLimit-Reset``) are divided by ``header_scale``.
 """
 
 from __future__ import annotations
@@ -42,6 +81,7 @@ __all__ = [
     "RateBudget",
     "RateBudgets",
     "parse_rate_limit_headers",
+    "watch_budgets",
 ]
 
 BURST_WINDOW = 1.0
@@ -132,6 +172,14 @@ class RateBudget:
     :param jitter_pad: real seconds a grant is remembered beyond each window (capped at a
         quarter of the window), so latency jitter cannot push two windows' worth of
         requests into one of Klaviyo's.
+
+    Diagnostics (read-only): ``granted``, ``waited``, ``penalties``, ``probes`` (grants
+    made while the server's figures were stale), ``server_guided`` (the steady window
+    follows the server), ``ticket`` (the last grant's number) and, from the first
+    ``RateLimit-*`` observation of the steady window, ``first_observed_at`` (clock
+    seconds), ``first_reset`` (its ``Reset``, real seconds) and ``first_window_end``
+    (clock seconds by which that first server window reset: the smallest ``now + Reset``
+    over that window's observations).
     """
 
     def __init__(
@@ -163,6 +211,10 @@ class RateBudget:
         pad = max(0.0, jitter_pad)
         self.burst_window = burst + min(pad, burst / 4) + 1e-6
         self.steady_window = steady + min(pad, steady / 4) + 1e-6
+        # A probe whose response never came is replaced after this long.
+        self.probe_timeout = self.burst_window
+        # While responses are awaited, waiters re-check this often (real seconds).
+        self._poll = max(0.002, min(0.02, self.burst_window / 10))
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -170,13 +222,28 @@ class RateBudget:
         self._steady_log: deque[float] = deque()
         self._blocked_until = 0.0
         self._penalty_until = 0.0
-        # server-reported cap: at most _cap_allowed grants until _cap_until
+        # burst-window observation (``w=1``): at most _cap_allowed grants until _cap_until
         self._cap_until = 0.0
         self._cap_allowed = 0
         self._cap_granted = 0
+        # the steady window, server-guided: the newest observation (see the module docstring)
+        self._ticket = 0  # grants so far == the last grant's ticket
+        self._last_grant_at = float("-inf")
+        self._guided = False
+        self._obs_ticket = 0
+        self._obs_remaining = 0
+        self._obs_reserve = 0
+        self._obs_deadline = float("-inf")
+        self._probe_ticket = 0
+        self._probe_at = float("-inf")
+        self._first_window_open = True
+        self.first_observed_at: float | None = None
+        self.first_reset: float | None = None
+        self.first_window_end: float | None = None
         self.granted = 0
         self.waited = 0.0
         self.penalties = 0
+        self.probes = 0
         self._burst_allowed_n = self._allowed(limit.burst, 1.0)
         self._steady_allowed_n = self._allowed(limit.steady, 1.0)
 
@@ -192,9 +259,21 @@ class RateBudget:
 
     @property
     def steady_allowed(self) -> int:
-        """Requests we allow ourselves per steady window right now."""
+        """Requests the sliding log allows per steady window right now."""
         with self._lock:
             return self._limits(self._clock())[1]
+
+    @property
+    def server_guided(self) -> bool:
+        """``True`` once the steady window follows the server's ``RateLimit-*`` figures."""
+        with self._lock:
+            return self._guided
+
+    @property
+    def ticket(self) -> int:
+        """The ticket of the last grant (0 before the first)."""
+        with self._lock:
+            return self._ticket
 
     def try_acquire(self) -> float:
         """Take a slot if one is free now (returns 0.0); else return the seconds to wait."""
@@ -206,12 +285,12 @@ class RateBudget:
                 return 0.0
             return wait
 
-    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
-        """Block until a slot is free and take it.
+    def acquire_ticket(self, timeout: float | None = None, cancel: threading.Event | None = None) -> int | None:
+        """Block until a slot is free and take it; return its ticket (``>= 1``), to pass
+        to :meth:`observe` with the response's headers.
 
-        :param timeout: give up after this many seconds (returns ``False``).
+        :param timeout: give up after this many seconds (returns ``None``).
         :param cancel: an event; when set, raises :class:`SyncCancelled`.
-        :returns: ``True`` once a slot was taken.
         """
         deadline = None if timeout is None else self._clock() + timeout
         while True:
@@ -222,43 +301,88 @@ class RateBudget:
                 wait = self._wait(now)
                 if wait <= 0.0:
                     self._grant(now)
-                    return True
+                    return self._ticket
             if deadline is not None:
                 left = deadline - now
                 if left <= 0:
-                    return False
+                    return None
                 wait = min(wait, left)
             self.waited += wait
             self._pause(wait, cancel)
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Adjust from a response's ``RateLimit-*`` headers (Klaviyo reports the steady window).
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
+        """Block until a slot is free and take it (:meth:`acquire_ticket` without the ticket).
 
-        When the server has fewer requests left than the margin allows, grant at most
-        ``remaining - reserve`` more before the window resets (``reserve`` = the share of
-        the limit the margin keeps free for others).
+        :returns: ``True`` once a slot was taken, ``False`` after ``timeout`` seconds.
+        """
+        return self.acquire_ticket(timeout, cancel) is not None
+
+    def observe(self, headers: Mapping[str, str], ticket: int | None = None) -> None:
+        """Follow a response's ``RateLimit-*`` headers (Klaviyo reports the steady window).
+
+        :param ticket: the ticket of the grant the request was sent with (default: the
+            last grant, right for a single caller). An observation older than the stored
+            one (lower ticket) is ignored.
+
+        Steady window: from now on grant while ``remaining - reserve - (grants after
+        ticket) > 0`` until ``now + Reset``; then one probe at a time until a fresh
+        observation comes (see the module docstring). Headers absent or malformed on a
+        response newer than the stored observation, once that one's window has reset:
+        back to the sliding log. A burst window observation (``w=1``): at most
+        ``remaining - reserve`` grants until it resets.
         """
         parsed = parse_rate_limit_headers(headers)
-        if parsed is None:
-            return
-        limit, remaining, reset, window = parsed
-        if window is None:
-            window = BURST_WINDOW if limit == self.limit.burst and limit != self.limit.steady else STEADY_WINDOW
-        if reset <= 0:  # integer seconds: "0" means the window resets within a second
-            reset = 1.0
-        scaled_reset = reset / self.header_scale
-        reserve = limit - int(math.floor(limit * self.margin + 1e-9))
-        allowed = max(0, remaining - reserve)
         with self._lock:
             now = self._clock()
-            until = now + min(scaled_reset, window / self.time_scale)
-            self._cap_until = until
-            self._cap_allowed = allowed
-            self._cap_granted = 0
+            if ticket is None:
+                ticket = self._ticket
+            if parsed is None:
+                # The stored figures stay valid until their window resets (an error page
+                # may lack the headers); past that, with nothing fresh: the sliding log.
+                if self._guided and ticket >= self._obs_ticket and now >= self._obs_deadline:
+                    self._guided = False
+                    self._obs_ticket = ticket
+                    self._first_window_open = False
+                return
+            limit, remaining, reset, window = parsed
+            if window is None:
+                window = BURST_WINDOW if limit == self.limit.burst and limit != self.limit.steady else STEADY_WINDOW
+            if reset <= 0:  # integer seconds: "0" means the window resets within a second
+                reset = 1.0
+            until = now + min(reset / self.header_scale, window / self.time_scale)
+            reserve = limit - math.floor(limit * self.margin + 1e-9)
+            if window < STEADY_WINDOW:
+                self._cap_until = until
+                self._cap_allowed = max(0, remaining - reserve)
+                self._cap_granted = 0
+                return
+            if ticket < self._obs_ticket:
+                return
+            # Every ``now + Reset`` is an upper bound of the end of the window its request
+            # was counted in, and a later window ends later: while the stored end has not
+            # passed, keep the smallest (a response of the next window cannot lower it).
+            same_window = self._guided and now < self._obs_deadline
+            if same_window:
+                until = min(until, self._obs_deadline)
+            if self.first_observed_at is None:
+                self.first_observed_at = now
+                self.first_reset = reset / self.header_scale
+                self.first_window_end = until
+            elif self._first_window_open:
+                if same_window:
+                    self.first_window_end = until
+                else:
+                    self._first_window_open = False
+            self._guided = True
+            self._obs_ticket = ticket
+            self._obs_remaining = remaining
+            self._obs_reserve = reserve
+            self._obs_deadline = until
 
     def penalize(self, retry_after: float | None) -> None:
         """A 429: block until ``retry_after`` seconds (divided by ``header_scale``) passed,
-        and run at half the rate for one steady window."""
+        and for one steady window run the sliding log at half the rate (on top of the
+        server's figures when server-guided)."""
         with self._lock:
             now = self._clock()
             if retry_after is None or retry_after < 0:
@@ -293,14 +417,34 @@ class RateBudget:
             log.popleft()
         if len(log) >= burst_n:
             wait = max(wait, log[len(log) - burst_n] + self.burst_window - now)
+        # the steady log records every grant, whatever the mode, so falling back is safe
         log = self._steady_log
         horizon = now - self.steady_window
         while log and log[0] <= horizon:
             log.popleft()
-        if len(log) >= steady_n:
+        if (not self._guided or now < self._penalty_until) and len(log) >= steady_n:
             wait = max(wait, log[len(log) - steady_n] + self.steady_window - now)
+        if self._guided:
+            wait = max(wait, self._server_wait(now))
         if now < self._cap_until and self._cap_granted >= self._cap_allowed:
             wait = max(wait, self._cap_until - now)
+        return wait
+
+    def _server_wait(self, now: float) -> float:
+        """The steady window's wait when server-guided. Caller holds the lock."""
+        if now < self._obs_deadline:
+            available = self._obs_remaining - self._obs_reserve - (self._ticket - self._obs_ticket)
+            if available > 0:
+                return 0.0
+            wait = self._obs_deadline - now
+        elif self._probe_ticket > self._obs_ticket and now < self._probe_at + self.probe_timeout:
+            # the stored figures are stale and a probe is out: wait for its response
+            wait = self._probe_at + self.probe_timeout - now
+        else:
+            return 0.0  # stale, no probe out: this grant is the probe
+        if self._ticket > self._obs_ticket and now < self._last_grant_at + self.probe_timeout:
+            # responses to newer grants are due and may bring fresher figures: re-check soon
+            wait = min(wait, self._poll)
         return wait
 
     def _grant(self, now: float) -> None:
@@ -308,6 +452,12 @@ class RateBudget:
         self._steady_log.append(now)
         if now < self._cap_until:
             self._cap_granted += 1
+        self._ticket += 1
+        self._last_grant_at = now
+        if self._guided and now >= self._obs_deadline:
+            self._probe_ticket = self._ticket
+            self._probe_at = now
+            self.probes += 1
         self.granted += 1
 
     def _pause(self, seconds: float, cancel: threading.Event | None) -> None:
@@ -328,12 +478,15 @@ class _Unlimited:
     def try_acquire(self) -> float:
         return 0.0
 
-    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
+    def acquire_ticket(self, timeout: float | None = None, cancel: threading.Event | None = None) -> int:
         if cancel is not None and cancel.is_set():
             raise SyncCancelled("cancelled")
-        return True
+        return 0
 
-    def observe(self, headers) -> None:
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
+        return self.acquire_ticket(timeout, cancel) is not None
+
+    def observe(self, headers, ticket: int | None = None) -> None:
         pass
 
     def penalize(self, retry_after: float | None) -> None:
@@ -344,6 +497,25 @@ class _Unlimited:
 
 
 UNLIMITED = _Unlimited()
+
+
+_WATCHERS: list[Callable[[RateBudgets], None]] = []
+_WATCHERS_LOCK = threading.Lock()
+
+
+def watch_budgets(callback: Callable[[RateBudgets], None]) -> Callable[[], None]:
+    """Call ``callback(budgets)`` for every :class:`RateBudgets` created from now on
+    (diagnostics: benchmarks read the budgets' figures after a run). Returns a function
+    that stops watching."""
+    with _WATCHERS_LOCK:
+        _WATCHERS.append(callback)
+
+    def stop() -> None:
+        with _WATCHERS_LOCK:
+            if callback in _WATCHERS:
+                _WATCHERS.remove(callback)
+
+    return stop
 
 
 class RateBudgets:
@@ -390,6 +562,10 @@ class RateBudgets:
         self.sleep = sleep
         self._budgets: dict[str, RateBudget] = {}
         self._lock = threading.Lock()
+        with _WATCHERS_LOCK:
+            watchers = list(_WATCHERS)
+        for callback in watchers:
+            callback(self)
 
     def get(self, key: str) -> RateBudget | _Unlimited:
         """The budget of one key (created on first use)."""

@@ -1,7 +1,10 @@
-"""RateBudget / RateBudgets on a fake clock: windows never exceeded, margin, observe, penalize."""
+"""RateBudget / RateBudgets on a fake clock: windows never exceeded, margin, observe,
+penalize; the server-guided steady window against simulated fixed-window servers."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
 import threading
@@ -255,3 +258,313 @@ def test_disabled_registry_never_waits():
     b.penalize(100)
     b.acquire()
     assert time.monotonic() - t0 < 1.0
+
+
+# ----------------------------------------------- server-guided steady window
+class FixedWindowServer:
+    """Klaviyo-like fixed windows aligned to ``t0``: ``burst`` per second and ``steady``
+    per minute (both divided by ``scale``). ``Reset`` is whole seconds rounded up (or
+    down with ``rounding="floor"``); ``others`` maps a steady window's index to requests
+    another integration made at its start; ``headers=False`` sends none."""
+
+    def __init__(self, burst, steady, t0, *, scale=1.0, rounding="ceil", headers=True, others=None):
+        self.burst, self.steady, self.t0 = burst, steady, t0
+        self.burst_window, self.steady_window = 1.0 / scale, 60.0 / scale
+        self.rounding, self.headers, self.others = rounding, headers, dict(others or {})
+        self.counts: dict[int, int] = {}
+        self.burst_counts: dict[int, int] = {}
+        self.log: list[tuple[float, int]] = []  # (arrival, status)
+        self.lock = threading.Lock()
+
+    def window(self, t):
+        return math.floor((t - self.t0) / self.steady_window)
+
+    def check(self, t):
+        with self.lock:
+            k, b = self.window(t), math.floor((t - self.t0) / self.burst_window)
+            used = self.counts.get(k, 0) + self.others.get(k, 0)
+            left = self.t0 + (k + 1) * self.steady_window - t
+            reset = max(1, math.ceil(left)) if self.rounding == "ceil" else max(0, math.floor(left))
+            if used >= self.steady or self.burst_counts.get(b, 0) >= self.burst:
+                self.log.append((t, 429))
+                return 429, {"Retry-After": "1"}
+            self.counts[k] = self.counts.get(k, 0) + 1
+            self.burst_counts[b] = self.burst_counts.get(b, 0) + 1
+            self.log.append((t, 200))
+            if not self.headers:
+                return 200, {}
+            return 200, {"RateLimit-Limit": str(self.steady), "RateLimit-Remaining": str(self.steady - used - 1),
+                         "RateLimit-Reset": str(reset)}
+
+    def accepted(self):
+        return [t for t, s in self.log if s == 200]
+
+    def throttled(self):
+        return sum(1 for _, s in self.log if s == 429)
+
+    def per_window(self):
+        counts: dict[int, int] = {}
+        for t in self.accepted():
+            counts[self.window(t)] = counts.get(self.window(t), 0) + 1
+        return counts
+
+
+def simulate(budget, clock, server, n, latency=0.2, lose=()):
+    """Send ``n`` requests as fast as ``budget`` grants them (unbounded concurrency) on the
+    fake clock: each arrives at the server when granted, its response is observed
+    ``latency`` later (never, for tickets in ``lose``). Returns the grant times."""
+    events: list = []
+    seq = itertools.count()
+    grants: list[float] = []
+    while len(grants) < n or events:
+        while events and events[0][0] <= clock.now:
+            t, _, kind, data = heapq.heappop(events)
+            if kind == "arrive":
+                status, headers = server.check(t)
+                if data not in lose:
+                    heapq.heappush(events, (t + latency, next(seq), "response", (data, status, headers)))
+            else:
+                ticket, status, headers = data
+                if status == 429:
+                    budget.penalize(float(headers["Retry-After"]))
+                else:
+                    budget.observe(headers, ticket=ticket)
+        following = events[0][0] if events else math.inf
+        if len(grants) < n:
+            wait = budget.try_acquire()
+            if wait == 0.0:
+                grants.append(clock.now)
+                heapq.heappush(events, (clock.now, next(seq), "arrive", budget.ticket))
+                continue
+            following = min(following, clock.now + wait)
+        if following == math.inf:
+            break
+        clock.now = max(clock.now, following)
+    return grants
+
+
+@pytest.mark.parametrize("phase", [55.0, 30.0, 3.0, 0.4])
+def test_server_guided_grants_per_window_stay_within_remaining_minus_reserve(phase):
+    """The server's first window has ``phase`` seconds left; another integration uses 300
+    of window 1 and 700 of window 3: no 429, and in every server window ours plus theirs
+    never exceed 750 - 75 (the reserve stays free), but for the one probe that finds out
+    they already went beyond it."""
+    budget, clock = make()
+    start = clock.now
+    server = FixedWindowServer(75, 750, t0=start + phase - 60, others={1: 300, 3: 700})
+    grants = simulate(budget, clock, server, 2342)
+    assert server.throttled() == 0
+    assert budget.server_guided
+    per_window = server.per_window()
+    for k, ours in per_window.items():
+        assert ours + server.others.get(k, 0) <= max(675, server.others.get(k, 0) + 1), (k, ours)
+    assert per_window[1] == 675 - 300 and per_window[3] == 1  # follows the server's remaining
+    assert max_in_window(grants, 1.0) <= 67  # the burst window stays a local sliding log
+    assert max(server.burst_counts.values()) <= 67
+
+
+def test_server_guided_uses_the_window_boundary():
+    """Window 0 has 50 s left: 675 go out at once; at its reset exactly one probe goes out,
+    and once its response is in, a full window's worth (674 more) follows within ~10 s."""
+    budget, clock = make()
+    start = clock.now
+    server = FixedWindowServer(75, 750, t0=start - 10)
+    boundary = start + 50
+    latency = 0.2
+    grants = simulate(budget, clock, server, 2342, latency=latency)
+    assert server.throttled() == 0
+    assert server.per_window() == {0: 675, 1: 675, 2: 675, 3: 317}
+    # window 0: 675 granted in ~10 s, then nothing until the server's window resets
+    assert grants[674] < start + 11 and grants[675] >= boundary
+    # one probe (Reset is rounded up: it goes out within the latency of the boundary)...
+    probe = grants[675]
+    assert boundary <= probe <= boundary + latency + 0.01
+    assert grants[676] >= probe + latency
+    # ...then the new window's figures: 674 more in about 10 s
+    assert grants[675 + 674] < probe + latency + 11
+    assert budget.probes == 3
+    # 2342 requests in 3 windows + 317 at the burst rate: 50 + 120 + ~5 s. The sliding log
+    # (no headers) needs 3 x 60 s after its first grant, plus the burst tail.
+    assert grants[-1] - start < 50 + 120 + 6
+    slide, slide_clock = make()
+    slide_server = FixedWindowServer(75, 750, t0=start - 10, headers=False)
+    slow = simulate(slide, slide_clock, slide_server, 2342, latency=latency)
+    assert not slide.server_guided and slide_server.throttled() == 0
+    assert slow[-1] - start > 180
+    assert grants[-1] - start < slow[-1] - start - 5
+
+
+def test_without_headers_the_sliding_log_is_used():
+    budget, clock = make()
+    server = FixedWindowServer(75, 750, t0=clock.now - 59.5, headers=False)
+    grants = simulate(budget, clock, server, 1500)
+    assert not budget.server_guided and budget.probes == 0
+    assert server.throttled() == 0
+    assert max_in_window(grants, 60.0) == 675  # any 60 s span, aligned or not
+    assert max_in_window(grants, 1.0) == 67
+
+
+def test_headers_that_vanish_fall_back_to_the_sliding_log_once_stale():
+    budget, clock = make()
+    start = clock.now
+    server = FixedWindowServer(75, 750, t0=start - 10)
+    simulate(budget, clock, server, 100)
+    assert budget.server_guided
+    # an error page without headers while the figures are fresh changes nothing
+    budget.observe({}, ticket=budget.ticket)
+    assert budget.server_guided
+    server.headers = False
+    grants = simulate(budget, clock, server, 1400)
+    assert not budget.server_guided
+    assert server.throttled() == 0
+    everything = server.accepted()
+    assert max(server.per_window().values()) <= 675
+    assert max_in_window(everything, 1.0) <= 67
+    assert budget.probes == 1  # the response to the one probe had no headers: sliding log
+    assert grants[-1] > start + 60
+
+
+def test_probe_showing_the_old_window_still_running_keeps_waiting():
+    """A server that rounds Reset *down*: the budget's reset instant comes up to a second
+    early, so probes land in the old window. Their responses say so; it keeps waiting, the
+    probes come out of the reserve, and no 429 happens."""
+    budget, clock = make()
+    start = clock.now
+    server = FixedWindowServer(75, 750, t0=start - 10.5, rounding="floor")
+    simulate(budget, clock, server, 2000)
+    assert server.throttled() == 0
+    windows = server.per_window()
+    assert max(windows.values()) <= 750 - 60  # at most a few probes above 675
+    assert windows[1] >= 670  # and the new window is still used fully
+    assert budget.probes <= 10
+
+
+def test_a_lost_probe_response_is_replaced_after_a_burst_window():
+    budget, clock = make(limit=Limit(10, 100))  # 90 per window, 9 per second
+    start = clock.now
+    server = FixedWindowServer(10, 100, t0=start - 30)
+    # the first window (30 s left) takes 90; request 91 is the probe: its response is lost
+    grants = simulate(budget, clock, server, 120, latency=0.2, lose={91})
+    assert server.throttled() == 0
+    assert grants[90] >= start + 30  # the probe, after the reset
+    assert grants[91] == pytest.approx(grants[90] + budget.probe_timeout, abs=0.03)  # a second probe
+    assert grants[92] >= grants[91] + 0.2  # then its response opens the window
+    assert server.per_window() == {0: 90, 1: 30}
+    assert budget.probes == 2
+
+
+def test_sliding_window_servers_are_safe_too():
+    """A server counting the last 60 s (not fixed windows): Remaining only recovers as old
+    requests age out, so following it never gives a 429."""
+
+    class SlidingServer:
+        def __init__(self):
+            self.accepted: list[float] = []
+            self.refused = 0
+
+        def check(self, t):
+            recent = [a for a in self.accepted if a > t - 60.0]
+            if len(recent) >= 750 or sum(1 for a in recent if a > t - 1.0) >= 75:
+                self.refused += 1
+                return 429, {"Retry-After": "1"}
+            self.accepted.append(t)
+            reset = math.ceil(recent[0] + 60.0 - t) if recent else 60
+            return 200, {"RateLimit-Limit": "750", "RateLimit-Remaining": str(750 - len(recent) - 1),
+                         "RateLimit-Reset": str(max(1, reset))}
+
+    budget, clock = make()
+    server = SlidingServer()
+    simulate(budget, clock, server, 2000)
+    assert server.refused == 0
+    assert max_in_window(server.accepted, 60.0) <= 750
+
+
+def test_penalize_in_server_guided_mode_blocks_then_halves():
+    budget, clock = make()
+    start = clock.now
+    server = FixedWindowServer(75, 750, t0=start - 10)
+    simulate(budget, clock, server, 10)
+    assert budget.server_guided
+    start = clock.now
+    budget.penalize(5)
+    grants = simulate(budget, clock, server, 400)
+    assert grants[0] >= start + 5  # Retry-After honoured
+    penalized = [t for t in grants if t < start + 60]
+    assert max_in_window(penalized, 1.0) == 33  # half the burst allowance for a steady window
+    assert 300 < len(penalized) <= 337  # the half-rate sliding log applies too
+    assert max_in_window(grants, 1.0) == 67  # and afterwards the full rate is back
+    assert server.throttled() == 0
+
+
+def test_tickets_and_first_window_figures():
+    budget, clock = make()
+    assert budget.ticket == 0
+    assert [budget.acquire_ticket() for _ in range(3)] == [1, 2, 3]
+    assert budget.acquire() is True and budget.ticket == 4
+    assert not budget.server_guided and budget.first_reset is None
+    budget.observe({"RateLimit-Limit": "750", "RateLimit-Remaining": "746", "RateLimit-Reset": "20"}, ticket=4)
+    first = clock.now
+    assert budget.server_guided
+    assert budget.first_observed_at == first and budget.first_reset == 20.0 and budget.first_window_end == first + 20
+    clock.now += 0.5
+    # older (lower ticket) observations are ignored; a later one of the same window refines its end
+    budget.observe({"RateLimit-Limit": "750", "RateLimit-Remaining": "700", "RateLimit-Reset": "19"}, ticket=2)
+    assert budget.first_window_end == first + 20
+    budget.observe({"RateLimit-Limit": "750", "RateLimit-Remaining": "745", "RateLimit-Reset": "19"}, ticket=5)
+    assert budget.first_window_end == pytest.approx(first + 19.5)
+    # a new window (remaining grew) does not move the first window's end
+    clock.now = first + 21
+    budget.observe({"RateLimit-Limit": "750", "RateLimit-Remaining": "749", "RateLimit-Reset": "59"}, ticket=5)
+    assert budget.first_window_end == pytest.approx(first + 19.5)
+    tiny, _ = make(limit=Limit(1, 15), margin=1.0)
+    assert tiny.acquire_ticket() == 1
+    assert tiny.acquire_ticket(timeout=0.5) is None
+
+
+def test_threads_follow_a_fixed_window_server_without_429():
+    """8 threads in real time at 50x: the budget follows a fixed-window server's headers
+    (sent in scaled seconds, ``header_scale=50``) with tickets: no 429, no server window
+    over its limit, and the boundary is used (two windows' worth in well under a window).
+    The burst limit is generous: a 20 ms burst window is shorter than a loaded machine's
+    scheduling jitter (the burst log is tested on the fake clock above)."""
+    scale = 50.0  # burst window 20 ms, steady window 1.2 s
+    server = FixedWindowServer(100, 40, t0=time.monotonic() - 0.9, scale=scale)  # 0.3 s left
+
+    def check(t):
+        status, headers = server.check(t)
+        if headers.get("RateLimit-Reset"):  # whole *scaled* seconds, rounded up
+            left = server.t0 + (server.window(t) + 1) * server.steady_window - t
+            headers["RateLimit-Reset"] = str(max(1, math.ceil(left * scale)))
+        return status, headers
+
+    budget = RateBudget("x", Limit(100, 40), time_scale=scale, header_scale=scale)
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            for _ in range(9):
+                ticket = budget.acquire_ticket(timeout=5)
+                status, headers = check(time.monotonic())
+                time.sleep(0.002)  # the response's latency
+                if status == 429:
+                    budget.penalize(1)
+                else:
+                    budget.observe(headers, ticket=ticket)
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    elapsed = time.monotonic() - t0
+    assert not errors
+    assert server.throttled() == 0
+    windows = server.per_window()
+    assert sum(windows.values()) == 72 and max(windows.values()) <= 40
+    assert budget.server_guided
+    # 36 per window (90 %): a sliding log needs a full window (1.2 s) between the first
+    # and the 37th grant; following the server, the 37th goes out at the boundary (0.3 s)
+    assert elapsed < 1.2
