@@ -12,35 +12,28 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
-import threading
 import time
 
-_UNSET = object()
-_trim = _UNSET
-_lock = threading.Lock()
 
-
-def _load():
-    global _trim
-    with _lock:
-        if _trim is _UNSET:
-            fn = None
-            if sys.platform.startswith("linux"):
-                try:
-                    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                    fn = libc.malloc_trim
-                    fn.argtypes = [ctypes.c_size_t]
-                    fn.restype = ctypes.c_int
-                except (OSError, AttributeError):  # not glibc
-                    fn = None
-            _trim = fn
-    return _trim
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or ``None`` where the C library has none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def release_free_heap() -> bool:
     """Return free heap pages to the OS; ``True`` if the C library supports it."""
-    fn = _load()
+    fn = _malloc_trim()
     if fn is None:
         return False
     fn(0)
