@@ -156,26 +156,23 @@ def _compact_json_bytes(value) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
+def _input_problem(raw, parsed, field: str, invalid: str) -> str | None:
+    """Why a given email/phone value was not usable: not a string, or a non-blank invalid one."""
+    if raw is None or parsed is not None:
+        return None
+    if not isinstance(raw, str):
+        return f"malformed: {field}"
+    return invalid if raw.strip() else None
+
+
 def expected_skip_reason(attrs) -> str | None:
     """The documented skip reason of a profile (docs/mapping.md, "Skips"), None when imported."""
     if attrs is None:
         return "no_email_or_phone"
-    raw_email = attrs.get("email")
-    email = valid_email(raw_email)
-    email_problem = None
-    if raw_email is not None and email is None:
-        if not isinstance(raw_email, str):
-            email_problem = "malformed: email"
-        elif raw_email.strip():
-            email_problem = "invalid_email"
-    raw_phone = attrs.get("phone_number")
+    email = valid_email(attrs.get("email"))
+    email_problem = _input_problem(attrs.get("email"), email, "email", "invalid_email")
     phone = expected_phone(attrs)
-    phone_problem = None
-    if raw_phone is not None and phone is None:
-        if not isinstance(raw_phone, str):
-            phone_problem = "malformed: phone_number"
-        elif raw_phone.strip():
-            phone_problem = "invalid_phone"
+    phone_problem = _input_problem(attrs.get("phone_number"), phone, "phone_number", "invalid_phone")
     if email is None and phone is None:
         if email_problem == "invalid_email":
             return "invalid_email_no_phone"

@@ -455,6 +455,21 @@ def arrivals(server, name):
     return [t for t, n, status in server.request_log if n == name]
 
 
+def _hammer(client, per_thread: int, threads: int = 8) -> float:
+    """``threads`` threads each send ``per_thread`` one-record profile requests; the seconds it took."""
+    def work():
+        for _ in range(per_thread):
+            client.get("/api/profiles", {"page[size]": 1, "fields[profile]": "email"})
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.monotonic()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(30)
+    return time.monotonic() - started
+
+
 def test_standin_burst_and_steady_windows_are_respected(account):
     """8 threads hammer a stand-in with small limits on a scaled clock: no 429, and
     the stand-in never sees more than the limit in any burst or steady window."""
@@ -463,17 +478,7 @@ def test_standin_burst_and_steady_windows_are_respected(account):
     with StandInServer(account, rate_limits=limits, clock_scale=scale) as server:
         budgets = RateBudgets({"/api/profiles": Limit(20, 80)}, time_scale=scale)
         with standin_client(server, budgets=budgets) as client:
-            def work():
-                for _ in range(12):
-                    client.get("/api/profiles", {"page[size]": 1, "fields[profile]": "email"})
-
-            threads = [threading.Thread(target=work) for _ in range(8)]
-            t0 = time.monotonic()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            elapsed = time.monotonic() - t0
+            elapsed = _hammer(client, per_thread=12)
             assert client.stats["GET /api/profiles"] == 96
             assert client.stats["429"] == 0
         assert server.stats.get("429", 0) == 0
@@ -509,17 +514,7 @@ def test_standin_server_guided_budget_uses_the_window_boundary(account):
         budget = budgets.get("/api/profiles")
         time.sleep((1.2 - (time.monotonic() - t0)) % window)  # 0.8 s left in this window
         with standin_client(server, budgets=budgets) as client:
-            def work():
-                for _ in range(18):
-                    client.get("/api/profiles", {"page[size]": 1, "fields[profile]": "email"})
-
-            threads = [threading.Thread(target=work) for _ in range(8)]
-            started = time.monotonic()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            elapsed = time.monotonic() - started
+            elapsed = _hammer(client, per_thread=18)
             assert client.stats["GET /api/profiles"] == 144
             assert client.stats["429"] == 0
         assert server.stats.get("429", 0) == 0

@@ -404,12 +404,19 @@ def test_without_headers_the_sliding_log_is_used():
     assert max_in_window(grants, 1.0) == 67
 
 
-def test_headers_that_vanish_fall_back_to_the_sliding_log_once_stale():
+def guided(warm_up: int):
+    """A budget already following a fixed-window server (10 s into its window) after
+    ``warm_up`` requests: ``(budget, clock, server, start)``."""
     budget, clock = make()
     start = clock.now
     server = FixedWindowServer(75, 750, t0=start - 10)
-    simulate(budget, clock, server, 100)
+    simulate(budget, clock, server, warm_up)
     assert budget.server_guided
+    return budget, clock, server, start
+
+
+def test_headers_that_vanish_fall_back_to_the_sliding_log_once_stale():
+    budget, clock, server, start = guided(100)
     # an error page without headers while the figures are fresh changes nothing
     budget.observe({}, ticket=budget.ticket)
     assert budget.server_guided
@@ -480,11 +487,7 @@ def test_sliding_window_servers_are_safe_too():
 
 
 def test_penalize_in_server_guided_mode_blocks_then_halves():
-    budget, clock = make()
-    start = clock.now
-    server = FixedWindowServer(75, 750, t0=start - 10)
-    simulate(budget, clock, server, 10)
-    assert budget.server_guided
+    budget, clock, server, _ = guided(10)
     start = clock.now
     budget.penalize(5)
     grants = simulate(budget, clock, server, 400)
