@@ -25,6 +25,10 @@ What it does
    rate limits (below), wall/bound, profiles per second and the peak RSS of *this*
    process (``ru_maxrss``; the stand-in is another process and is not included). RSS is
    also sampled every 0.25 s so the output shows whether memory stays flat during the run.
+   A large run decodes and maps profile pages in helper processes (see
+   :mod:`smartpush_plugin_klaviyo.profile_pages`): their CPU is printed next to the
+   sync's, and the peak RSS and PSS summed over the sync process and its helpers (PSS
+   counts the pages they share once: the fairest "memory of the sync" figure).
 
 The bounds (seconds)
 --------------------
@@ -147,23 +151,95 @@ def peak_rss_kb() -> int:
     return r // 1024 if sys.platform == "darwin" else r  # bytes on macOS, KiB on Linux
 
 
+def _children_of() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def helper_pids(exclude: set[int]) -> list[int]:
+    """Descendants of this process (the sync's helper processes and their server), minus
+    ``exclude`` and its descendants (the stand-in)."""
+    kids = _children_of()
+    out, todo = [], list(kids.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        if pid in exclude:
+            continue
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def cpu_with_reaped(pid: int) -> float:
+    """CPU seconds of a process plus those of its children it has reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def helpers_cpu_seconds(exclude: set[int]) -> float:
+    """CPU of the helper processes, those still running and those already reaped."""
+    return sum(cpu_with_reaped(pid) for pid in helper_pids(exclude))
+
+
+def _status_kb(pid: int | str, key: str, path: str = "status") -> int:
+    try:
+        with open(f"/proc/{pid}/{path}") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class RssSampler(threading.Thread):
-    def __init__(self, interval: float = 0.25):
+    """Samples, every ``interval``: this process's RSS; every fourth time also RSS and PSS
+    summed over this process and its helper processes (PSS splits pages shared between them)."""
+
+    def __init__(self, interval: float = 0.25, exclude: set[int] | None = None):
         super().__init__(daemon=True, name="rss-sampler")
         self.interval = interval
+        self.exclude = exclude or set()
         self.samples: list[tuple[float, int]] = []
+        self.tree_rss_kb = 0
+        self.tree_pss_kb = 0
+        self.max_helpers = 0
         self._stop_event = threading.Event()
         self.t0 = time.perf_counter()
 
+    def _sample(self, tree: bool = True) -> None:
+        self.samples.append((time.perf_counter() - self.t0, rss_now_kb()))
+        if not tree:
+            return
+        pids = ["self"] + helper_pids(self.exclude)
+        self.max_helpers = max(self.max_helpers, len(pids) - 1)
+        self.tree_rss_kb = max(self.tree_rss_kb, sum(_status_kb(p, "VmRSS:") for p in pids))
+        self.tree_pss_kb = max(self.tree_pss_kb, sum(_status_kb(p, "Pss:", "smaps_rollup") for p in pids))
+
     def run(self) -> None:
+        n = 0
         while not self._stop_event.is_set():
-            self.samples.append((time.perf_counter() - self.t0, rss_now_kb()))
+            # The helpers' memory once a second: reading smaps_rollup is not free.
+            self._sample(tree=n % 4 == 0)
+            n += 1
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
-        self.samples.append((time.perf_counter() - self.t0, rss_now_kb()))
+        self._sample()
 
     def profile(self, points: int = 5) -> list[tuple[float, float]]:
         """RSS (MiB) at evenly spaced fractions of the run."""
@@ -423,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rate-limits", action="store_true")
     p.add_argument("--clock-scale", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=None, help="SyncOptions.workers (calls service.sync directly)")
+    p.add_argument("--map-processes", type=int, default=None,
+                   help="host setting KLAVIYO_MAP_PROCESSES: helper processes for profile pages (0: none)")
     p.add_argument("--profile-windows", type=int, default=None, help="SyncOptions.profile_windows")
     p.add_argument("--db", default=None, help="SQLAlchemy URL (default: a fresh SQLite file in a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -445,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             kw["workers"] = args.workers
         if args.profile_windows is not None:
             kw["profile_windows"] = args.profile_windows
+        if args.map_processes is not None:
+            kw["map_processes"] = args.map_processes
         options = SyncOptions(**kw)
     eff = options or defaults
 
@@ -464,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"KLAVIYO_BASE_URL": standin.base_url, "KLAVIYO_TIME_SCALE": str(args.clock_scale)}
         if args.no_rate_limits:
             settings["KLAVIYO_RATE_LIMITS"] = "off"
+        if args.map_processes is not None:
+            settings["KLAVIYO_MAP_PROCESSES"] = str(args.map_processes)
         db_url = args.db or f"sqlite:///{tmp / 'bench.db'}"
         host = DevHost(database_url=db_url, data_dir=tmp / "home", settings=settings, env={})
         pm = get_plugin_manager()
@@ -475,8 +557,10 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu0 = standin.cpu_seconds()
         rss_before = rss_now_kb()
-        sampler = RssSampler()
+        exclude = {standin.proc.pid}
+        sampler = RssSampler(exclude=exclude)
         sampler.start()
+        helpers0 = helpers_cpu_seconds(exclude)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         # remember the sync's rate budgets, to read the server's window phase afterwards
         budgets_seen: list = []
@@ -493,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         sampler.stop()
+        time.sleep(0.3)  # let the helpers' server reap them, so their CPU is in its counters
+        helpers1 = helpers_cpu_seconds(exclude)
         cpu1 = standin.cpu_seconds()
         peak_kb = peak_rss_kb()
     finally:
@@ -544,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
         "profiles_per_second": round(profiles / wall, 1) if wall > 0 else None,
         "sync_cpu_seconds": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 2),
         "standin_cpu_seconds": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
+        "helpers_cpu_seconds": round(helpers1 - helpers0, 2),
+        "helper_processes": sampler.max_helpers,
+        "peak_tree_rss_mb": round(sampler.tree_rss_kb / 1024, 1),
+        "peak_tree_pss_mb": round(sampler.tree_pss_kb / 1024, 1),
         "rss_before_sync_mb": round(rss_before / 1024, 1),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "rss_during_sync_mb": sampler.profile(),
@@ -571,8 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'total':<50} {total_requests:>7}")
     print(f"429s           : {n429} ({result['429_percent']} % of requests); retries {requests.get('retries', 0)}, "
           f"errors {requests.get('errors', 0)}")
-    print(f"wall           : {wall:.2f} s   (sync CPU {result['sync_cpu_seconds']} s; "
-          f"stand-in CPU {result['standin_cpu_seconds']} s)")
+    print(f"wall           : {wall:.2f} s   (sync CPU {result['sync_cpu_seconds']} s + helper processes "
+          f"{result['helpers_cpu_seconds']} s; stand-in CPU {result['standin_cpu_seconds']} s)")
     if b["phase_floor"]:
         print(f"bound          : {b['bound']:.2f} s  phase-aware floor: the least time any client needs for the "
               f"minimal requests, given where the server's windows stood at the start")
@@ -593,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall / bound   : {result['wall_over_bound']}")
     print(f"profiles/s     : {result['profiles_per_second']}")
     print(f"peak RSS       : {result['peak_rss_mb']} MiB (sync process; before sync {result['rss_before_sync_mb']} MiB)")
+    print(f"with helpers   : peak RSS {result['peak_tree_rss_mb']} MiB, PSS {result['peak_tree_pss_mb']} MiB "
+          f"(sync process + {result['helper_processes']} helper processes, summed; PSS counts shared pages once)")
     print("RSS over run   : " + ", ".join(f"{t}s:{mb}MiB" for t, mb in result["rss_during_sync_mb"]))
     for n in notes:
         print(f"note           : {n}")

@@ -16,14 +16,25 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
-
-from sqlalchemy.engine import Connection, Engine
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hookspecs.types import SubscriptionStatus
 
-Tx = Connection
-"""A SQLAlchemy connection inside an open transaction, from :meth:`Storage.transaction`."""
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    Tx = Connection
+    """A SQLAlchemy connection inside an open transaction, from :meth:`Storage.transaction`."""
+
+
+def __getattr__(name: str):
+    # ``Tx`` is imported lazily: a process that only maps profiles (the sync's helper
+    # processes) never loads SQLAlchemy, which is a third of its memory.
+    if name == "Tx":
+        from sqlalchemy.engine import Connection
+
+        return Connection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

@@ -26,7 +26,7 @@ import logging
 import random
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -58,6 +58,9 @@ except ImportError:  # pragma: no cover
 
     _loads = _json.loads
     _JSONError = (ValueError,)
+
+Decoder = Callable[[bytes], Any]
+"""Turns a successful response's body into a result; raises ValueError for a bad body."""
 
 __all__ = [
     "KlaviyoClient",
@@ -192,10 +195,12 @@ class KlaviyoClient:
         )
 
     # ------------------------------------------------------------ public
-    def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict:
+    def get(self, path: str, params: Mapping[str, Any] | None = None, *, decode: Decoder | None = None) -> Any:
         """GET ``path`` (e.g. ``/api/profiles``) with query ``params``; the JSON:API document.
 
         List values are sent comma-separated (``fields[profile]=email,updated``).
+        ``decode`` turns a successful response's body into the result instead of the
+        JSON decoder; a :class:`ValueError` from it makes the attempt transient (retried).
         """
         if not isinstance(path, str) or not path.startswith("/") or path.startswith("//"):
             raise ConfigurationError("get() takes a path such as /api/profiles; use get_url() for links")
@@ -207,10 +212,10 @@ class KlaviyoClient:
                     profile_count = True
                     break
         template = endpoint_template(path)
-        return self._call(template, path, prepared, profile_count)
+        return self._call(template, path, prepared, profile_count, decode)
 
-    def get_url(self, url: str) -> dict:
-        """GET a ``links.next``/``links.self`` URL returned by Klaviyo.
+    def get_url(self, url: str, *, decode: Decoder | None = None) -> Any:
+        """GET a ``links.next``/``links.self`` URL returned by Klaviyo (``decode``: as :meth:`get`).
 
         Refuses (:class:`ForeignURLError`) any URL whose scheme, host or port differ from
         ``base_url``, so the key is never sent anywhere else.
@@ -235,7 +240,7 @@ class KlaviyoClient:
             if forbidden in query:
                 raise ConfigurationError(f"the plugin never requests {forbidden}")
         profile_count = "profile_count" in query and "additional-fields" in query
-        return self._call(endpoint_template(parsed.path), url, None, profile_count)
+        return self._call(endpoint_template(parsed.path), url, None, profile_count, decode)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -285,12 +290,12 @@ class KlaviyoClient:
                     raise ConfigurationError(f"the plugin never requests {forbidden}")
         return out
 
-    def _call(self, template: str, target: str, params: dict | None, profile_count: bool) -> dict:
+    def _call(self, template: str, target: str, params: dict | None, profile_count: bool, decode: Decoder | None) -> Any:
         if self._closed:
             raise ConfigurationError("the client is closed")
         budgets = self.budgets.for_request(template, profile_count)
         try:
-            return self._retrying(self._attempt, template, target, params, budgets)
+            return self._retrying(self._attempt, template, target, params, budgets, decode)
         except KlaviyoAPIError:
             self._count("errors")
             raise
@@ -299,7 +304,7 @@ class KlaviyoClient:
         with self._stats_lock:
             self._stats[key] = self._stats.get(key, 0) + 1
 
-    def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple) -> dict:
+    def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple, decode: Decoder | None) -> Any:
         cancel = self.cancel_event
         ticket = None  # the grant of the last budget, the one the response's headers describe
         for budget in budgets:
@@ -320,6 +325,8 @@ class KlaviyoClient:
         if status < 300:
             budgets[-1].observe(headers, ticket=ticket)
             try:
+                if decode is not None:
+                    return decode(response.content)
                 body = _loads(response.content)
             except _JSONError:
                 raise TransientError("response is not JSON", status=status, endpoint=template) from None

@@ -123,9 +123,23 @@ def authorize(ctx: HostContext, api_key: str) -> AuthorizeResult:
     return AuthorizeResult(ok=True, message="Key accepted: profiles, lists and segments are readable.")
 
 
+def options_from_settings(settings) -> SyncOptions:
+    """Default options, with the host's ``KLAVIYO_MAP_PROCESSES`` (helper processes for
+    profile pages; ``0``: none) and ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they
+    start) when set."""
+    options = SyncOptions()
+    processes = settings.get("KLAVIYO_MAP_PROCESSES")
+    if processes not in (None, ""):
+        options.map_processes = max(0, int(processes))
+    after = settings.get("KLAVIYO_MAP_PROCESSES_AFTER")
+    if after not in (None, ""):
+        options.map_processes_after = max(0, int(after))
+    return options
+
+
 def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> SyncReport:
     """Run one sync: checks installation, key, plan and the lease, then runs or resumes."""
-    options = options or SyncOptions()
+    options = options or options_from_settings(ctx.settings or {})
     started = utcnow()
 
     def report(outcome: str, message: str) -> SyncReport:

@@ -41,9 +41,9 @@ from smartpush_plugin_klaviyo.errors import (
     KlaviyoPluginError,
     SyncCancelled,
 )
-from smartpush_plugin_klaviyo.mapping import map_profile
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
 from smartpush_plugin_klaviyo.pagination import any_of
+from smartpush_plugin_klaviyo.profile_pages import ProfilePageDecoder, default_processes
 from smartpush_plugin_klaviyo.state import (
     group_t,
     integration_t,
@@ -84,6 +84,13 @@ class SyncOptions:
     """Slices of a group scanned for the first time (its size is not known yet)."""
     queue_pages: int = 16
     """Pages buffered between fetchers and the writer (bounds memory)."""
+    map_processes: int | None = None
+    """Helper processes that decode and map profile pages in a large run, so the writer
+    has the interpreter to itself; ``None``: one fewer than the CPUs, at most two; ``0``:
+    always in the fetch threads."""
+    map_processes_after: int = 2_000
+    """Profiles decoded in the fetch threads before the helper processes start (a small
+    run never pays their start-up)."""
     lease_owner: str = field(default_factory=lease.new_owner_id)
     stop_event: threading.Event | None = None
     """Set by the host to stop a run early (the run stays resumable)."""
@@ -125,16 +132,6 @@ _ADVANCE_STREAM = (
 """A stream's checkpoint after one page: cursor, counters and the last ``updated`` seen."""
 
 
-def _last_updated(data: list) -> str | None:
-    """The ``updated`` of the last resource of a page that has one."""
-    for resource in reversed(data):
-        attrs = resource.get("attributes") if isinstance(resource, dict) else None
-        value = attrs.get("updated") if isinstance(attrs, dict) else None
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
 class _Stop(Exception):
     """Internal: a fetcher noticed the run is stopping."""
 
@@ -156,6 +153,7 @@ class SyncRun:
         self.counters = RunCounters()
         self.epoch: int | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.decoder = ProfilePageDecoder(0)
         self.aborted: BaseException | None = None
 
     # ------------------------------------------------------------------ entry
@@ -268,6 +266,10 @@ class SyncRun:
             )]
             groups = [dict(r._mapping) for r in tx.execute(select(group_t).where(group_t.c.store_id == self.store_id))]
         self.pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix=f"klaviyo-{self.store_id}")
+        processes = self.options.map_processes
+        self.decoder = ProfilePageDecoder(
+            default_processes() if processes is None else processes, start_after=self.options.map_processes_after
+        )
         try:
             streams_by_group: dict[str, list[dict]] = {}
             for s in streams:
@@ -312,6 +314,9 @@ class SyncRun:
             self.stop.set()
             self._drain()
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.decoder.close()
+            if self.decoder.in_helpers:
+                self.counters.counts["profiles_mapped_in_helpers"] += self.decoder.in_helpers
             self.stop.clear()
         if self.aborted is not None:
             raise self.aborted
@@ -471,12 +476,15 @@ class SyncRun:
         while True:
             if self.stop.is_set():
                 raise _Stop()
+            # Profile pages are decoded and mapped by the decoder (maybe in a helper
+            # process), not by the writer: the writer is the one serial stage of the run.
+            decode = self.decoder if stream["kind"] == "profiles" else None
             try:
                 if url:
-                    body = self.client.get_url(url)
+                    body = self.client.get_url(url, decode=decode)
                 else:
                     path, params = self._first_request(stream, last_value)
-                    body = self.client.get(path, params)
+                    body = self.client.get(path, params, decode=decode)
             except BadRequestError as exc:
                 if url and exc.invalid_cursor and restarts < 3:
                     # Klaviyo refused the saved cursor: restart from the last value delivered.
@@ -485,17 +493,14 @@ class SyncRun:
                     url = None
                     continue
                 raise
-            data = body.get("data") or []
-            next_url = (body.get("links") or {}).get("next")
-            if stream["kind"] == "profiles":
-                page_last = _last_updated(data)
-                if page_last:
-                    last_value = page_last
-                # Mapped here, not by the writer: the writer is the one serial stage of
-                # the run, so it only writes (and a mapped page is smaller in the queue).
-                payload = {"mapped": [map_profile(r) for r in data], "last": page_last, "next_url": next_url}
+            if decode is not None:
+                if body.last:
+                    last_value = body.last
+                next_url = body.next_url
+                payload = {"mapped": body.mapped, "last": body.last, "next_url": next_url}
             else:
-                payload = {"data": data, "next_url": next_url}
+                next_url = (body.get("links") or {}).get("next")
+                payload = {"data": body.get("data") or [], "next_url": next_url}
             self._enqueue(("page", stream, payload))
             if not next_url:
                 self._enqueue(("stream_done", stream, None))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
-from hookspecs.fastsql import FastStatement, bind_value
+from hookspecs.fastsql import FastStatement, InListStatement, bind_value
 from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.state import (
@@ -63,46 +63,6 @@ class PageWriter:
         self.gen = gen
         self.counters = counters
         self._group_tags: dict[str, str] | None = None
-        # Statements built once: building (not running) them is a large share of a page's cost.
-        self._q_members_of_kids = select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(
-            and_(membership_t.c.store_id == bindparam("store"), membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)))
-        )
-        self._q_uids_of_kids = select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
-            and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)))
-        )
-        self._q_existing_members = select(membership_t.c.klaviyo_id).where(
-            and_(
-                membership_t.c.store_id == bindparam("store"),
-                membership_t.c.group_id == bindparam("gid"),
-                membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)),
-            )
-        )
-        self._q_known = select(
-            profile_map_t.c.klaviyo_id,
-            profile_map_t.c.contact_uid,
-            profile_map_t.c.is_primary,
-            profile_map_t.c.owned_fields,
-        ).where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(bindparam("kids", expanding=True))))
-        self._q_unskip = delete(skipped_t).where(
-            and_(skipped_t.c.store_id == bindparam("store"), skipped_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)))
-        )
-        self._q_still_seen = (
-            update(profile_map_t)
-            .where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(bindparam("kids", expanding=True))))
-            .values(last_seen_run=bindparam("run"))
-        )
-        self._q_skip = insert(skipped_t)
-        self._q_seen = (
-            update(membership_t)
-            .where(
-                and_(
-                    membership_t.c.store_id == bindparam("store"),
-                    membership_t.c.group_id == bindparam("gid"),
-                    membership_t.c.klaviyo_id.in_(bindparam("kids", expanding=True)),
-                )
-            )
-            .values(seen_gen=bindparam("gen"))
-        )
 
     def group_tags(self, tx) -> dict[str, str]:
         """group id -> tag, read once per run (groups only change in the groups phase)."""
@@ -123,7 +83,7 @@ class PageWriter:
         tags = self.group_tags(tx)
         pairs = []
         for chunk in _chunks(list(kid_uid)):
-            for kid, gid in tx.execute(self._q_members_of_kids, {"store": self.store_id, "kids": chunk}):
+            for kid, gid in _MEMBERS_OF_KIDS.execute(tx, {"store": self.store_id, "kids": chunk}):
                 tag = tags.get(gid)
                 if tag is not None:
                     pairs.append((kid_uid[kid], tag))
@@ -157,7 +117,7 @@ class PageWriter:
         if not by_id:
             return
         kids = list(by_id)
-        known = {row.klaviyo_id: row for row in tx.execute(self._q_known, {"store": store, "kids": kids})}
+        known = {row.klaviyo_id: row for row in _KNOWN.execute(tx, {"store": store, "kids": kids})}
         unmapped = [m for m in by_id.values() if m.klaviyo_id not in known]
         by_email = contacts.find_by_emails(tx, {m.email_key for m in unmapped if m.email_key}) if unmapped else {}
         by_phone = contacts.find_by_phones(tx, {m.phone for m in unmapped if m.phone}) if unmapped else {}
@@ -167,17 +127,8 @@ class PageWriter:
         # Which existing contacts already carry a Klaviyo profile (so a new match is a duplicate)?
         mapped_owner: dict[str, str] = {}
         if unmapped and candidate_uids:
-            for row in tx.execute(
-                select(profile_map_t.c.contact_uid, profile_map_t.c.klaviyo_id)
-                .where(
-                    and_(
-                        profile_map_t.c.store_id == store,
-                        profile_map_t.c.contact_uid.in_(list(candidate_uids)),
-                        profile_map_t.c.is_primary == True,  # noqa: E712
-                    )
-                )
-            ):
-                mapped_owner.setdefault(row.contact_uid, row.klaviyo_id)
+            for uid, kid in _PRIMARY_OF_UIDS.execute(tx, {"store": store, "uids": list(candidate_uids)}):
+                mapped_owner.setdefault(uid, kid)
         loaded = contacts.get_many(tx, list(candidate_uids)) if candidate_uids else {}
         originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
         for c in originals.values():
@@ -247,8 +198,8 @@ class PageWriter:
                 if phone_taken:
                     draft.phone = None
                     draft.sms_subscription = None
-                pending[uid] = Contact(uid=uid, **{k: getattr(draft, k) for k in _NEW_FIELDS})
-                owned = {f for f in _STANDARD if getattr(pending[uid], f)}
+                pending[uid] = _as_contact(uid, draft)
+                owned = {f for f in _STANDARD if getattr(draft, f)}
                 primary = True
                 counts["contacts_created"] += 1
             else:
@@ -278,9 +229,7 @@ class PageWriter:
         # Create new contacts, then resolve their temporary uids.
         if pending:
             temp_ids = list(pending)
-            new_uids = contacts.create_many(
-                tx, [NewContact(**{k: getattr(pending[t], k) for k in _NEW_FIELDS}) for t in temp_ids]
-            )
+            new_uids = contacts.create_many(tx, [_as_new_contact(pending[t]) for t in temp_ids])
             real = dict(zip(temp_ids, new_uids, strict=True))
             for values in map_inserts + map_updates:
                 values["contact_uid"] = real.get(values["contact_uid"], values["contact_uid"])
@@ -296,31 +245,15 @@ class PageWriter:
                 values["is_primary"] = true if values["is_primary"] else false
             _INSERT_MAP.executemany(tx, map_inserts)
         if map_updates:
-            tx.execute(
-                update(profile_map_t)
-                .where(
-                    and_(
-                        profile_map_t.c.store_id == bindparam("b_store"),
-                        profile_map_t.c.klaviyo_id == bindparam("b_kid"),
-                    )
-                )
-                .values(
-                    owned_fields=bindparam("owned_fields"),
-                    profile_updated=bindparam("profile_updated"),
-                    last_seen_run=bindparam("last_seen_run"),
-                ),
+            _UPDATE_MAP.executemany_tuples(
+                tx,
+                _UPDATE_MAP_KEYS,
                 [
-                    {
-                        "b_store": v["store_id"],
-                        "b_kid": v["klaviyo_id"],
-                        "owned_fields": v["owned_fields"],
-                        "profile_updated": v["profile_updated"],
-                        "last_seen_run": v["last_seen_run"],
-                    }
+                    (v["store_id"], v["klaviyo_id"], v["owned_fields"], v["profile_updated"], v["last_seen_run"])
                     for v in map_updates
                 ],
             )
-        tx.execute(self._q_unskip, {"store": store, "kids": kids})
+        _UNSKIP.execute(tx, {"store": store, "kids": kids})
         if events:
             self._record_events(tx, events)
         counts["profiles_imported"] += len(kids)
@@ -336,11 +269,11 @@ class PageWriter:
     def _record_skips(self, tx, skips: dict[str, str]) -> None:
         ids = list(skips)
         # A mapped profile that is skipped now still exists in Klaviyo: not a deletion.
-        tx.execute(self._q_still_seen, {"store": self.store_id, "kids": ids, "run": self.run_id})
-        tx.execute(self._q_unskip, {"store": self.store_id, "kids": ids})
+        _STILL_SEEN.execute(tx, {"store": self.store_id, "kids": ids, "run": self.run_id})
+        _UNSKIP.execute(tx, {"store": self.store_id, "kids": ids})
         now = utcnow()
         tx.execute(
-            self._q_skip,
+            insert(skipped_t),
             [
                 {"store_id": self.store_id, "klaviyo_id": kid, "reason": reason[:500], "run_id": self.run_id, "seen_at": now}
                 for kid, reason in skips.items()
@@ -370,15 +303,13 @@ class PageWriter:
         if not kids:
             return
         self.counters.counts["memberships_seen"] += len(kids)
-        existing = set(tx.execute(self._q_existing_members, {"store": store, "gid": group_id, "kids": kids}).scalars())
+        existing = set(_EXISTING_MEMBERS.execute(tx, {"store": store, "gid": group_id, "kids": kids}).scalars())
         if existing and scan:
-            tx.execute(self._q_seen, {"store": store, "gid": group_id, "kids": list(existing), "gen": self.gen})
+            _SEEN.execute(tx, {"store": store, "gid": group_id, "kids": list(existing), "gen": self.gen})
         new = [k for k in kids if k not in existing]
         if new:
             gen = self.gen if scan else 0
-            _INSERT_MEMBER.executemany(
-                tx, [{"store_id": store, "group_id": group_id, "klaviyo_id": k, "seen_gen": gen} for k in new]
-            )
+            _INSERT_MEMBER.executemany_tuples(tx, _MEMBER_KEYS, [(store, group_id, k, gen) for k in new])
             self.counters.counts["memberships_added"] += len(new)
             # A new membership can only add this group's tag: no full reconciliation needed
             # (add_tags ignores pairs already present).
@@ -432,7 +363,7 @@ class PageWriter:
     def _uids_of(self, tx, klaviyo_ids: Sequence[str]) -> set[str]:
         uids: set[str] = set()
         for chunk in _chunks(list(klaviyo_ids)):
-            uids.update(uid for _kid, uid in tx.execute(self._q_uids_of_kids, {"store": self.store_id, "kids": chunk}))
+            uids.update(uid for _kid, uid in _UIDS_OF_KIDS.execute(tx, {"store": self.store_id, "kids": chunk}))
         return uids
 
     # ---------------------------------------------------------------------- tags
@@ -451,15 +382,9 @@ class PageWriter:
         tag_of_group = self.group_tags(tx)
         for chunk in _chunks(uid_list):
             desired: dict[str, set[str]] = defaultdict(set)
-            kid_uid = dict(
-                tx.execute(
-                    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
-                        and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.contact_uid.in_(chunk))
-                    )
-                ).all()
-            )
+            kid_uid = dict(_KIDS_OF_UIDS.execute(tx, {"store": self.store_id, "uids": chunk}).all())
             for kid_chunk in _chunks(list(kid_uid)):
-                for kid, gid in tx.execute(self._q_members_of_kids, {"store": self.store_id, "kids": kid_chunk}):
+                for kid, gid in _MEMBERS_OF_KIDS.execute(tx, {"store": self.store_id, "kids": kid_chunk}):
                     tag = tag_of_group.get(gid)
                     if tag is not None:
                         desired[kid_uid[kid]].add(tag)
@@ -476,14 +401,127 @@ class PageWriter:
                 self.ctx.contacts.remove_tags(tx, remove)
 
 
+# Statements built once (building one costs more than running it on a 100-row page) and
+# rendered once per IN-list length. Rows come from the driver: is_primary may be 0/1.
+_IN_KIDS = bindparam("kids", expanding=True)
+_MEMBERS_OF_KIDS = InListStatement(
+    select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(
+        and_(membership_t.c.store_id == bindparam("store"), membership_t.c.klaviyo_id.in_(_IN_KIDS))
+    ),
+    "kids",
+)
+_UIDS_OF_KIDS = InListStatement(
+    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
+        and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(_IN_KIDS))
+    ),
+    "kids",
+)
+_KIDS_OF_UIDS = InListStatement(
+    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
+        and_(
+            profile_map_t.c.store_id == bindparam("store"),
+            profile_map_t.c.contact_uid.in_(bindparam("uids", expanding=True)),
+        )
+    ),
+    "uids",
+)
+_PRIMARY_OF_UIDS = InListStatement(
+    # which contacts already carry a primary Klaviyo profile, and which one
+    select(profile_map_t.c.contact_uid, profile_map_t.c.klaviyo_id).where(
+        and_(
+            profile_map_t.c.store_id == bindparam("store"),
+            profile_map_t.c.contact_uid.in_(bindparam("uids", expanding=True)),
+            profile_map_t.c.is_primary == True,  # noqa: E712
+        )
+    ),
+    "uids",
+)
+_EXISTING_MEMBERS = InListStatement(
+    select(membership_t.c.klaviyo_id).where(
+        and_(
+            membership_t.c.store_id == bindparam("store"),
+            membership_t.c.group_id == bindparam("gid"),
+            membership_t.c.klaviyo_id.in_(_IN_KIDS),
+        )
+    ),
+    "kids",
+)
+_KNOWN = InListStatement(
+    select(
+        profile_map_t.c.klaviyo_id,
+        profile_map_t.c.contact_uid,
+        profile_map_t.c.is_primary,
+        profile_map_t.c.owned_fields,
+    ).where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(_IN_KIDS))),
+    "kids",
+)
+_UNSKIP = InListStatement(
+    delete(skipped_t).where(and_(skipped_t.c.store_id == bindparam("store"), skipped_t.c.klaviyo_id.in_(_IN_KIDS))),
+    "kids",
+)
+_STILL_SEEN = InListStatement(
+    update(profile_map_t)
+    .where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(_IN_KIDS)))
+    .values(last_seen_run=bindparam("run")),
+    "kids",
+)
+_SEEN = InListStatement(
+    update(membership_t)
+    .where(
+        and_(
+            membership_t.c.store_id == bindparam("store"),
+            membership_t.c.group_id == bindparam("gid"),
+            membership_t.c.klaviyo_id.in_(_IN_KIDS),
+        )
+    )
+    .values(seen_gen=bindparam("gen")),
+    "kids",
+)
 _INSERT_MAP = FastStatement(
     insert(profile_map_t),
     ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run"],
 )
-_INSERT_MEMBER = FastStatement(insert(membership_t), ["store_id", "group_id", "klaviyo_id", "seen_gen"])
+_UPDATE_MAP_KEYS = ("b_store", "b_kid", "owned_fields", "profile_updated", "last_seen_run")
+_UPDATE_MAP = FastStatement(
+    # bind names must differ from column names in UPDATE ... SET
+    update(profile_map_t)
+    .where(and_(profile_map_t.c.store_id == bindparam("b_store"), profile_map_t.c.klaviyo_id == bindparam("b_kid")))
+    .values(
+        owned_fields=bindparam("owned_fields"),
+        profile_updated=bindparam("profile_updated"),
+        last_seen_run=bindparam("last_seen_run"),
+    )
+)
+_MEMBER_KEYS = ("store_id", "group_id", "klaviyo_id", "seen_gen")
+_INSERT_MEMBER = FastStatement(insert(membership_t), _MEMBER_KEYS)
 
 _STANDARD = ("email", "phone", "name", "country")
-_NEW_FIELDS = ("email", "phone", "name", "country", "email_subscription", "sms_subscription", "properties")
+
+
+# Explicit fields rather than a dict of getattr()s: one of each per new contact.
+def _as_contact(uid: str, c: NewContact) -> Contact:
+    return Contact(
+        uid=uid,
+        email=c.email,
+        phone=c.phone,
+        name=c.name,
+        country=c.country,
+        email_subscription=c.email_subscription,
+        sms_subscription=c.sms_subscription,
+        properties=c.properties,
+    )
+
+
+def _as_new_contact(c: Contact) -> NewContact:
+    return NewContact(
+        email=c.email,
+        phone=c.phone,
+        name=c.name,
+        country=c.country,
+        email_subscription=c.email_subscription,
+        sms_subscription=c.sms_subscription,
+        properties=c.properties,
+    )
 
 
 def _first(uids: list[str] | None) -> str | None:

@@ -256,6 +256,19 @@ def test_non_json_success_is_transient(server):
     assert len(server.requests) == 2
 
 
+def test_a_decoder_replaces_json_and_its_value_error_is_retried(server):
+    from smartpush_plugin_klaviyo.profile_pages import decode_profile_page
+
+    server.push(200, '{"data": {"not": "a list"}}', {"Content-Type": "application/vnd.api+json"})
+    with fast_client(server) as client:
+        page = client.get("/api/profiles", {"page[size]": 100}, decode=decode_profile_page)
+        assert len(page.mapped) == 100 and page.next_url
+        page = client.get_url(page.next_url, decode=decode_profile_page)
+        assert len(page.mapped) == 100
+    assert len(server.requests) == 3  # the bad page once, then the two pages
+    assert client.stats["retries"] == 1
+
+
 def test_cancel_interrupts_waits(server):
     server.push(429, "", {"Retry-After": "30"})
     client = fast_client(server, budgets=RateBudgets(time_scale=1.0))

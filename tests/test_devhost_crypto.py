@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hookspecs.devhost.crypto import (
     ACTIVE,
@@ -53,6 +58,39 @@ def test_blind_index_is_keyed_and_separated_by_kind():
     assert kr1.blind_index("email", "a@b.co") == kr1.blind_index("email", "a@b.co")
     assert kr1.blind_index("email", "a@b.co") != kr2.blind_index("email", "a@b.co")
     assert kr1.blind_index("email", "x") != kr1.blind_index("phone", "x")
+
+
+def _reference_index_key(material: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"smartpush/blind-index/v1").derive(material)
+
+
+def _reference_blind_index(material: bytes, kind: str, value: str) -> str:
+    """The blind index as first defined: one-shot HMAC-SHA256 under the HKDF index key."""
+    return hmac.digest(_reference_index_key(material), kind.encode() + b"\x00" + value.encode(), "sha256")[:16].hex()
+
+
+def test_blind_index_bytes_equal_the_one_shot_hmac():
+    # the precomputed keyed state must not change a single stored index value
+    material = bytes(range(32))
+    key = MasterKey(material)
+    values = ["", "a@b.co", "person.1@shop.example", "+4915112345001", "ünïcødé@例え.jp", "x" * 300]
+    for kind in ("email", "phone", "other"):
+        for value in values:
+            expected = _reference_blind_index(material, kind, value)
+            assert key.blind_index(kind, value) == expected
+            assert key.blind_index(kind, value) == expected  # the keyed state is reused, not consumed
+    pinned = hmac.new(_reference_index_key(material), b"email\x00a@b.co", hashlib.sha256).hexdigest()[:32]
+    assert key.blind_index("email", "a@b.co") == pinned
+    assert Keyring([key]).lookup_indexes("email", "a@b.co") == [pinned]
+
+
+def test_blind_index_is_thread_safe():
+    material = os.urandom(32)
+    key = MasterKey(material)
+    values = [f"user{i}@shop.example" for i in range(2000)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda v: key.blind_index("email", v), values))
+    assert got == [_reference_blind_index(material, "email", v) for v in values]
 
 
 def test_reprs_hold_no_key_material():

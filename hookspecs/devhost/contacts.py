@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.devhost.crypto import Keyring
-from hookspecs.fastsql import FastStatement, bind_value
 from hookspecs.devhost.ids import new_uids
 from hookspecs.devhost.models import contacts_t, tags_t, utcnow
+from hookspecs.fastsql import FastStatement, InListStatement, bind_value
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 
 CHUNK = 500
@@ -96,24 +96,25 @@ class SqlContactStore:
         return f"SqlContactStore(store_id={self.store_id!r})"
 
     # ------------------------------------------------------------- encoding
-    def _row(self, uid: str, c: NewContact | Contact, now: Any) -> dict[str, Any]:
-        """The column values of a contact: blob + blind indexes + statuses."""
+    def _row(self, uid: str, c: NewContact | Contact, now: Any) -> tuple:
+        """The column values of a contact (:data:`_ROW_KEYS`): blob + blind indexes + statuses."""
         _check_status(c.email_subscription)
         _check_status(c.sms_subscription)
         payload = {"e": c.email, "p": c.phone, "n": c.name, "c": c.country, "pr": c.properties or {}}
         plaintext = _encode_json_bytes(payload)
         kr = self.keyring
         ev, pv = email_index_value(c.email), phone_index_value(c.phone)
-        return {
-            "uid": uid,
-            "key_id": kr.active_id,
-            "email_bidx": kr.blind_index("email", ev) if ev else None,
-            "phone_bidx": kr.blind_index("phone", pv) if pv else None,
-            "email_subscription": c.email_subscription,
-            "sms_subscription": c.sms_subscription,
-            "data": kr.encrypt(plaintext, contact_aad(self.store_id, uid)),
-            "updated_at": now,
-        }
+        # a tuple, not a dict: these rows are the bulk of a sync's writes
+        return (
+            uid,
+            kr.active_id,
+            kr.blind_index("email", ev) if ev else None,
+            kr.blind_index("phone", pv) if pv else None,
+            c.email_subscription,
+            c.sms_subscription,
+            kr.encrypt(plaintext, contact_aad(self.store_id, uid)),
+            now,
+        )
 
     def _decode(self, row) -> Contact:
         payload = _loads(self.keyring.decrypt(row.data, contact_aad(self.store_id, row.uid)))
@@ -140,7 +141,7 @@ class SqlContactStore:
         """The contacts with these uids (missing uids are absent from the result)."""
         out: dict[str, Contact] = {}
         for chunk in _chunks(list(dict.fromkeys(uids))):
-            for row in tx.execute(_GET_MANY, {"store": self.store_id, "uids": chunk}):
+            for row in _GET_MANY.execute(tx, {"store": self.store_id, "uids": chunk}):
                 out[row.uid] = self._decode(row)
         return out
 
@@ -154,7 +155,7 @@ class SqlContactStore:
                     by_index[idx].append(given)
         stmt = _FIND[column.name]
         for chunk in _chunks(list(by_index)):
-            for uid, idx in tx.execute(stmt, {"store": self.store_id, "values": chunk}):
+            for uid, idx in stmt.execute(tx, {"store": self.store_id, "values": chunk}):
                 for given in by_index[idx]:
                     if uid not in result[given]:
                         result[given].append(uid)
@@ -203,14 +204,10 @@ class SqlContactStore:
                 raise ValueError("uids and contacts differ in length")
             out = [u if u else next(generated) for u in uids]
         now = bind_value(tx, contacts_t.c.created_at, utcnow())
-        rows = []
-        for uid, c in zip(out, contacts):
-            row = self._row(uid, c, now)
-            row["store_id"] = self.store_id
-            row["created_at"] = now
-            rows.append(row)
+        extra = (self.store_id, now)  # _INSERT_KEYS after _ROW_KEYS
+        rows = [self._row(uid, c, now) + extra for uid, c in zip(out, contacts)]
         for chunk in _chunks(rows):
-            _INSERT_CONTACT.executemany(tx, chunk)
+            _INSERT_CONTACT.executemany_tuples(tx, _INSERT_KEYS, chunk)
         return out
 
     def update_many(self, tx: Tx, contacts: Sequence[Contact]) -> None:
@@ -221,14 +218,11 @@ class SqlContactStore:
         if not contacts:
             return
         now = bind_value(tx, contacts_t.c.updated_at, utcnow())
-        rows = []
-        for c in contacts:
-            row = self._row(c.uid, c, now)
-            row["store_id"] = self.store_id
-            rows.append({k + "_": v for k, v in row.items()})
+        extra = (self.store_id,)  # _UPDATE_KEYS after _ROW_KEYS
+        rows = [self._row(c.uid, c, now) + extra for c in contacts]
         matched = 0
         for chunk in _chunks(rows):
-            matched += _UPDATE_CONTACT.executemany(tx, chunk).rowcount
+            matched += _UPDATE_CONTACT.executemany_tuples(tx, _UPDATE_KEYS, chunk).rowcount
         expected = len({c.uid for c in contacts})
         if matched < expected:
             found = set(self.existing(tx, [c.uid for c in contacts]))
@@ -252,13 +246,14 @@ class SqlContactStore:
     # ---------------------------------------------------------------- tags
     def add_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
         """Add ``(uid, tag)`` pairs; present pairs are ignored. Returns how many were new."""
-        rows = [{"store_id": self.store_id, "contact_uid": u, "tag": t} for u, t in dict.fromkeys(pairs)]
+        store = self.store_id
+        rows = [(store, u, t) for u, t in dict.fromkeys(pairs)]
         if not rows:
             return 0
         stmt = _add_tag_statement(tx)
         added = 0
         for chunk in _chunks(rows):
-            added += max(stmt.executemany(tx, chunk).rowcount, 0)
+            added += max(stmt.executemany_tuples(tx, _TAG_KEYS, chunk).rowcount, 0)
         return added
 
     def remove_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
@@ -301,10 +296,7 @@ class SqlContactStore:
         """Tags per uid (every uid given is a key)."""
         out: dict[str, set[str]] = {u: set() for u in uids}
         for chunk in _chunks(list(out)):
-            stmt = select(tags_t.c.contact_uid, tags_t.c.tag).where(
-                and_(tags_t.c.store_id == self.store_id, tags_t.c.contact_uid.in_(chunk))
-            )
-            for uid, tag in tx.execute(stmt):
+            for uid, tag in _TAGS_OF.execute(tx, {"store": self.store_id, "uids": chunk}):
                 out[uid].add(tag)
         return out
 
@@ -328,23 +320,40 @@ class SqlContactStore:
         return out
 
 
-# Read statements built once (building one costs more than running it on a 100-row page).
-_GET_MANY = select(*SqlContactStore._COLUMNS).where(
-    and_(contacts_t.c.store_id == bindparam("store"), contacts_t.c.uid.in_(bindparam("uids", expanding=True)))
+# Read statements built once (building one costs more than running it on a 100-row page)
+# and rendered once per IN-list length.
+_GET_MANY = InListStatement(
+    select(*SqlContactStore._COLUMNS).where(
+        and_(contacts_t.c.store_id == bindparam("store"), contacts_t.c.uid.in_(bindparam("uids", expanding=True)))
+    ),
+    "uids",
 )
 # No ORDER BY: it would tempt SQLite into walking the (store_id, uid) index instead of
 # the blind index one; _find sorts the results itself.
 _FIND = {
-    column.name: select(contacts_t.c.uid, column).where(
-        and_(contacts_t.c.store_id == bindparam("store"), column.in_(bindparam("values", expanding=True)))
+    column.name: InListStatement(
+        select(contacts_t.c.uid, column).where(
+            and_(contacts_t.c.store_id == bindparam("store"), column.in_(bindparam("values", expanding=True)))
+        ),
+        "values",
     )
     for column in (contacts_t.c.email_bidx, contacts_t.c.phone_bidx)
 }
+_TAGS_OF = InListStatement(
+    select(tags_t.c.contact_uid, tags_t.c.tag).where(
+        and_(tags_t.c.store_id == bindparam("store"), tags_t.c.contact_uid.in_(bindparam("uids", expanding=True)))
+    ),
+    "uids",
+)
 
 _CONTACT_COLUMNS = [
     "uid", "store_id", "key_id", "email_bidx", "phone_bidx",
     "email_subscription", "sms_subscription", "data", "created_at", "updated_at",
 ]
+_ROW_KEYS = ("uid", "key_id", "email_bidx", "phone_bidx", "email_subscription", "sms_subscription", "data", "updated_at")
+"""The values :meth:`SqlContactStore._row` returns, in order."""
+_INSERT_KEYS = (*_ROW_KEYS, "store_id", "created_at")
+_UPDATE_KEYS = tuple(name + "_" for name in (*_ROW_KEYS, "store_id"))
 _INSERT_CONTACT = FastStatement(insert(contacts_t), _CONTACT_COLUMNS)
 _UPDATE_CONTACT = FastStatement(
     # bind names must differ from column names in UPDATE ... SET; rows carry column keys
@@ -355,6 +364,7 @@ _UPDATE_CONTACT = FastStatement(
 
 
 _ADD_TAG: dict[str, FastStatement] = {}
+_TAG_KEYS = ("store_id", "contact_uid", "tag")
 
 
 def _add_tag_statement(tx: Tx) -> FastStatement:
@@ -366,7 +376,7 @@ def _add_tag_statement(tx: Tx) -> FastStatement:
     """
     stmt = _ADD_TAG.get(tx.dialect.name)
     if stmt is None:
-        stmt = FastStatement(dialect_insert(tx, tags_t).on_conflict_do_nothing(), ["store_id", "contact_uid", "tag"])
+        stmt = FastStatement(dialect_insert(tx, tags_t).on_conflict_do_nothing(), _TAG_KEYS)
         _ADD_TAG[tx.dialect.name] = stmt
     return stmt
 

@@ -73,6 +73,7 @@ class MasterKey:
     key_id: str = field(init=False)
     _aead: AESGCM = field(init=False, repr=False)
     _index_key: bytes = field(init=False, repr=False)
+    _index_macs: dict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.material) != 32:
@@ -80,13 +81,21 @@ class MasterKey:
         self.key_id = _hkdf(self.material, b"smartpush/key-id/v1")[:_KEY_ID_LEN].hex()
         self._aead = AESGCM(_hkdf(self.material, b"smartpush/encryption/v1"))
         self._index_key = _hkdf(self.material, b"smartpush/blind-index/v1")
+        self._index_macs = {}  # kind -> HMAC already keyed and fed "<kind>\0"
 
     def __repr__(self) -> str:
         return f"MasterKey(id={self.key_id!r}, status={self.status!r})"
 
     def blind_index(self, kind: str, value: str) -> str:
-        # hmac.digest is the one-shot C path: several times faster than hmac.new()
-        return hmac.digest(self._index_key, kind.encode() + b"\x00" + value.encode(), "sha256")[:16].hex()
+        """HMAC-SHA256 of ``<kind>\\0<value>`` under the index key, first 128 bits in hex."""
+        # Copying a keyed state skips the key setup that even the one-shot hmac.digest
+        # pays per call (about half its cost); the bytes are the same.
+        mac = self._index_macs.get(kind)
+        if mac is None:
+            mac = self._index_macs[kind] = hmac.new(self._index_key, kind.encode() + b"\x00", "sha256")
+        mac = mac.copy()
+        mac.update(value.encode())
+        return mac.digest()[:16].hex()
 
 
 def generate_key_material() -> bytes:

@@ -1,0 +1,201 @@
+"""Decoding and mapping pages of ``GET /api/profiles``, in this process or in helper processes.
+
+Decoding a page (JSON) and mapping its profiles (:func:`mapping.map_profile`) are pure
+and are most of a full sync's CPU besides the writes. In one process they share the
+interpreter lock with the writer, the one serial stage of a run, so a large run hands
+them to a small pool of processes: the fetch thread passes the response bytes and gets
+back the mapped page (a pickled page of mapped profiles costs a few µs per profile to
+receive, against ~100 µs to decode and map it).
+
+Small runs never start a pool (it costs up to a second): :class:`ProfilePageDecoder`
+decodes in the calling thread until ``start_after`` profiles were seen, and falls back
+to the calling thread for good if a helper process dies or cannot be started.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import CancelledError, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import orjson
+
+from smartpush_plugin_klaviyo.mapping import MappedProfile, Skip, map_profile
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ProfilePage", "ProfilePageDecoder", "decode_profile_page", "default_processes", "last_updated"]
+
+
+@dataclass(slots=True)
+class ProfilePage:
+    """One decoded and mapped page of profiles."""
+
+    mapped: list[MappedProfile | Skip]
+    """One result per resource of ``data``, in order."""
+    last: str | None
+    """The ``updated`` of the page's last resource that has one (the stream's watermark)."""
+    next_url: str | None
+    """``links.next``: the next page, ``None`` at the end."""
+
+
+def last_updated(data: list) -> str | None:
+    """The ``updated`` of the last resource of a page that has one."""
+    for resource in reversed(data):
+        attrs = resource.get("attributes") if isinstance(resource, dict) else None
+        value = attrs.get("updated") if isinstance(attrs, dict) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def decode_profile_page(content: bytes) -> ProfilePage:
+    """Decode a ``GET /api/profiles`` response body and map its profiles.
+
+    Raises :class:`ValueError` when the body is not a JSON:API document (the client
+    retries such a response as transient).
+    """
+    body = orjson.loads(content)  # orjson.JSONDecodeError is a ValueError
+    if not isinstance(body, dict):
+        raise ValueError("response is not a JSON:API document")
+    data = body.get("data") or []
+    if not isinstance(data, list):
+        raise ValueError("response data is not a list")
+    links = body.get("links")
+    if links is None:
+        links = {}
+    elif not isinstance(links, dict):
+        raise ValueError("response links is not an object")
+    next_url = links.get("next")
+    return ProfilePage([map_profile(r) for r in data], last_updated(data), next_url)
+
+
+def default_processes() -> int:
+    """Helper processes for a large run: one fewer than the CPUs, at most two.
+
+    The writer needs a CPU of its own; more than two helpers only wait for it.
+    """
+    return max(0, min(2, (os.cpu_count() or 1) - 1))
+
+
+def _ready(_: int) -> int:
+    return os.getpid()
+
+
+def _context():
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        # Helpers forked from a server that imported the mapping once: fast to start and
+        # they share its memory pages. Never plain fork: this process has threads.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["smartpush_plugin_klaviyo.profile_pages"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+class ProfilePageDecoder:
+    """Callable ``bytes -> ProfilePage`` shared by the fetch threads of one run.
+
+    ``processes=0`` always decodes in the calling thread. Otherwise a pool of that many
+    processes is started in the background once ``start_after`` profiles have been
+    decoded here; pages are decoded here until it is ready (``start_after=0``: started
+    by the first call, which waits for it). Call :meth:`close` when the run ends.
+    """
+
+    def __init__(self, processes: int = 0, *, start_after: int = 2_000):
+        self.processes = max(0, processes)
+        self.start_after = max(0, start_after)
+        self._seen = 0
+        self.in_helpers = 0
+        """Profiles decoded and mapped by the helper processes so far."""
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._starter: threading.Thread | None = None
+        self._closed = False
+        self._failed = self.processes == 0
+
+    @property
+    def in_processes(self) -> bool:
+        """Whether pages currently go to helper processes."""
+        return self._pool is not None and not self._failed
+
+    def __call__(self, content: bytes) -> ProfilePage:
+        pool = self._pool_for_next_page()
+        if pool is not None:
+            try:
+                page = pool.submit(decode_profile_page, content).result()
+                with self._lock:
+                    self.in_helpers += len(page.mapped)
+                return page
+            except BrokenProcessPool:
+                self._give_up("a helper process ended unexpectedly")
+            except (RuntimeError, CancelledError):  # the run is closing: finish the page here
+                pass
+        page = decode_profile_page(content)
+        with self._lock:
+            self._seen += len(page.mapped)
+        return page
+
+    def _pool_for_next_page(self) -> ProcessPoolExecutor | None:
+        if self._failed or self._closed:
+            return None
+        if self._pool is not None:
+            return self._pool
+        if self._seen >= self.start_after:
+            with self._lock:
+                if self._starter is None and not self._failed and not self._closed:
+                    # Started in the background: pages keep being decoded here meanwhile.
+                    self._starter = threading.Thread(target=self._start_pool, name="klaviyo-decoder-start", daemon=True)
+                    self._starter.start()
+            starter = self._starter
+            if self.start_after == 0 and starter is not None:
+                starter.join()
+                return self._pool
+        return None
+
+    def _start_pool(self) -> None:
+        pool = None
+        try:
+            pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_context())
+            # Wait until every helper is up, so no fetch thread waits for a start-up.
+            list(pool.map(_ready, range(self.processes)))
+        except Exception as exc:  # e.g. a daemonic host process may not have children
+            self._give_up(f"no helper processes ({type(exc).__name__})")
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            return
+        with self._lock:
+            if self._closed or self._failed:
+                pool.shutdown(wait=False, cancel_futures=True)
+                return
+            self._pool = pool
+
+    def _give_up(self, reason: str) -> None:
+        with self._lock:
+            if not self._failed:
+                self._failed = True
+                log.warning("profile pages are decoded in-process from now on: %s", reason)
+
+    def close(self) -> None:
+        """Stop the helper processes (pages in flight still complete)."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            starter = self._starter
+        if starter is not None:
+            starter.join()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ProfilePageDecoder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ProfilePageDecoder(processes={self.processes}, in_processes={self.in_processes})"
