@@ -273,7 +273,7 @@ class PageWriter:
         _UNSKIP.execute(tx, {"store": self.store_id, "kids": ids})
         now = utcnow()
         tx.execute(
-            insert(skipped_t),
+            _INSERT_SKIP,
             [
                 {"store_id": self.store_id, "klaviyo_id": kid, "reason": reason[:500], "run_id": self.run_id, "seen_at": now}
                 for kid, reason in skips.items()
@@ -404,79 +404,54 @@ class PageWriter:
 # Statements built once (building one costs more than running it on a 100-row page) and
 # rendered once per IN-list length. Rows come from the driver: is_primary may be 0/1.
 _IN_KIDS = bindparam("kids", expanding=True)
+_IN_UIDS = bindparam("uids", expanding=True)
+
+
+def _of_kids(table, *more):
+    """``store_id = :store [AND more] AND klaviyo_id IN (:kids)``: a page's rows of ``table``."""
+    return and_(table.c.store_id == bindparam("store"), *more, table.c.klaviyo_id.in_(_IN_KIDS))
+
+
+def _of_group_kids():
+    """A page's memberships of one group (``:gid``)."""
+    return _of_kids(membership_t, membership_t.c.group_id == bindparam("gid"))
+
+
+def _of_uids(*more):
+    """``profile_map`` rows of the contacts ``:uids``."""
+    return and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.contact_uid.in_(_IN_UIDS), *more)
+
+
 _MEMBERS_OF_KIDS = InListStatement(
-    select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(
-        and_(membership_t.c.store_id == bindparam("store"), membership_t.c.klaviyo_id.in_(_IN_KIDS))
-    ),
-    "kids",
+    select(membership_t.c.klaviyo_id, membership_t.c.group_id).where(_of_kids(membership_t)), "kids"
 )
 _UIDS_OF_KIDS = InListStatement(
-    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
-        and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(_IN_KIDS))
-    ),
-    "kids",
+    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(_of_kids(profile_map_t)), "kids"
 )
-_KIDS_OF_UIDS = InListStatement(
-    select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(
-        and_(
-            profile_map_t.c.store_id == bindparam("store"),
-            profile_map_t.c.contact_uid.in_(bindparam("uids", expanding=True)),
-        )
-    ),
-    "uids",
-)
+_KIDS_OF_UIDS = InListStatement(select(profile_map_t.c.klaviyo_id, profile_map_t.c.contact_uid).where(_of_uids()), "uids")
 _PRIMARY_OF_UIDS = InListStatement(
     # which contacts already carry a primary Klaviyo profile, and which one
     select(profile_map_t.c.contact_uid, profile_map_t.c.klaviyo_id).where(
-        and_(
-            profile_map_t.c.store_id == bindparam("store"),
-            profile_map_t.c.contact_uid.in_(bindparam("uids", expanding=True)),
-            profile_map_t.c.is_primary == True,  # noqa: E712
-        )
+        _of_uids(profile_map_t.c.is_primary == True)  # noqa: E712
     ),
     "uids",
 )
-_EXISTING_MEMBERS = InListStatement(
-    select(membership_t.c.klaviyo_id).where(
-        and_(
-            membership_t.c.store_id == bindparam("store"),
-            membership_t.c.group_id == bindparam("gid"),
-            membership_t.c.klaviyo_id.in_(_IN_KIDS),
-        )
-    ),
-    "kids",
-)
+_EXISTING_MEMBERS = InListStatement(select(membership_t.c.klaviyo_id).where(_of_group_kids()), "kids")
 _KNOWN = InListStatement(
     select(
         profile_map_t.c.klaviyo_id,
         profile_map_t.c.contact_uid,
         profile_map_t.c.is_primary,
         profile_map_t.c.owned_fields,
-    ).where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(_IN_KIDS))),
+    ).where(_of_kids(profile_map_t)),
     "kids",
 )
-_UNSKIP = InListStatement(
-    delete(skipped_t).where(and_(skipped_t.c.store_id == bindparam("store"), skipped_t.c.klaviyo_id.in_(_IN_KIDS))),
-    "kids",
-)
+_UNSKIP = InListStatement(delete(skipped_t).where(_of_kids(skipped_t)), "kids")
 _STILL_SEEN = InListStatement(
-    update(profile_map_t)
-    .where(and_(profile_map_t.c.store_id == bindparam("store"), profile_map_t.c.klaviyo_id.in_(_IN_KIDS)))
-    .values(last_seen_run=bindparam("run")),
-    "kids",
+    update(profile_map_t).where(_of_kids(profile_map_t)).values(last_seen_run=bindparam("run")), "kids"
 )
-_SEEN = InListStatement(
-    update(membership_t)
-    .where(
-        and_(
-            membership_t.c.store_id == bindparam("store"),
-            membership_t.c.group_id == bindparam("gid"),
-            membership_t.c.klaviyo_id.in_(_IN_KIDS),
-        )
-    )
-    .values(seen_gen=bindparam("gen")),
-    "kids",
-)
+_SEEN = InListStatement(update(membership_t).where(_of_group_kids()).values(seen_gen=bindparam("gen")), "kids")
+_INSERT_SKIP = insert(skipped_t)
 _INSERT_MAP = FastStatement(
     insert(profile_map_t),
     ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run"],
