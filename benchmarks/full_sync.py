@@ -29,6 +29,10 @@ What it does
    :mod:`smartpush_plugin_klaviyo.profile_pages`): their CPU is printed next to the
    sync's, and the peak RSS and PSS summed over the sync process and its helpers (PSS
    counts the pages they share once: the fairest "memory of the sync" figure).
+   The sync's CPU is also split by thread (the writer, which is the calling thread;
+   the fetch threads; the thread receiving the helpers' pages; others), and the
+   writer's wall time into on a CPU / runnable but waiting for a CPU / blocked, from
+   the kernel's per-thread scheduler statistics: what the serial stage waits for.
 
 The bounds (seconds)
 --------------------
@@ -204,6 +208,74 @@ def _status_kb(pid: int | str, key: str, path: str = "status") -> int:
     return 0
 
 
+def _thread_cpu(tid: int) -> float | None:
+    """CPU seconds (user + system) of one thread of this process; ``None`` once it ended."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _thread_role(thread: threading.Thread, writer_tid: int) -> str:
+    if thread.native_id == writer_tid:
+        return "writer"
+    if thread.name.startswith("klaviyo-") and not thread.name.startswith(("klaviyo-watch", "klaviyo-decoder")):
+        return "fetch"  # the run's thread pool: klaviyo-<store>_<n>
+    if type(thread).__name__ == "_ExecutorManagerThread":
+        return "helper results"  # receives (unpickles) the helpers' mapped pages
+    return "other"
+
+
+def _schedstat(tid: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a thread of this process,
+    from the scheduler's statistics; ``None`` where the kernel does not keep them."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+class ThreadCpu:
+    """CPU of the sync process split by thread role, from ``/proc/self/task``.
+
+    The writer is the thread that called the sync (the engine writes in the calling
+    thread); fetch threads are the run's pool. Threads are sampled from outside
+    (:meth:`sample`), so one that ends between two samples loses at most one interval
+    of CPU. The split shows which thread of the process is the serial stage.
+    """
+
+    def __init__(self) -> None:
+        self.writer_tid = threading.get_native_id()
+        self._start: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        for t in threading.enumerate():
+            cpu = _thread_cpu(t.native_id) if t.native_id else None
+            if cpu is not None:
+                self._start[t.native_id] = cpu
+        self._writer_sched0 = _schedstat(self.writer_tid)
+        self.writer_sched: tuple[float, float] | None = None
+        self.sample()
+
+    def sample(self) -> None:
+        for t in threading.enumerate():
+            cpu = _thread_cpu(t.native_id) if t.native_id else None
+            if cpu is not None:
+                self._last[t.native_id] = (_thread_role(t, self.writer_tid), cpu)
+        now = _schedstat(self.writer_tid)
+        if now is not None and self._writer_sched0 is not None:
+            self.writer_sched = (now[0] - self._writer_sched0[0], now[1] - self._writer_sched0[1])
+
+    def by_role(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for tid, (role, cpu) in self._last.items():
+            out[role] = out.get(role, 0.0) + cpu - self._start.get(tid, 0.0)
+        return {role: round(v, 2) for role, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
 class RssSampler(threading.Thread):
     """Samples, every ``interval``: this process's RSS; every fourth time also RSS and PSS
     summed over this process and its helper processes (PSS splits pages shared between them)."""
@@ -218,9 +290,11 @@ class RssSampler(threading.Thread):
         self.max_helpers = 0
         self._stop_event = threading.Event()
         self.t0 = time.perf_counter()
+        self.threads = ThreadCpu()  # created here: the writer is the thread that starts the sampler
 
     def _sample(self, tree: bool = True) -> None:
         self.samples.append((time.perf_counter() - self.t0, rss_now_kb()))
+        self.threads.sample()
         if not tree:
             return
         pids = ["self"] + helper_pids(self.exclude)
@@ -632,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         "standin_cpu_seconds": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
         "helpers_cpu_seconds": round(helpers1 - helpers0, 2),
         "helper_processes": sampler.max_helpers,
+        "sync_cpu_by_thread": sampler.threads.by_role(),
+        "writer_on_cpu_and_runnable_seconds": sampler.threads.writer_sched,
         "peak_tree_rss_mb": round(sampler.tree_rss_kb / 1024, 1),
         "peak_tree_pss_mb": round(sampler.tree_pss_kb / 1024, 1),
         "rss_before_sync_mb": round(rss_before / 1024, 1),
@@ -663,6 +739,15 @@ def main(argv: list[str] | None = None) -> int:
           f"errors {requests.get('errors', 0)}")
     print(f"wall           : {wall:.2f} s   (sync CPU {result['sync_cpu_seconds']} s + helper processes "
           f"{result['helpers_cpu_seconds']} s; stand-in CPU {result['standin_cpu_seconds']} s)")
+    split = result["sync_cpu_by_thread"]
+    print("  sync by thread: " + ", ".join(f"{role} {cpu} s" for role, cpu in split.items()))
+    sched = result["writer_on_cpu_and_runnable_seconds"]
+    if sched is not None and wall > 0:
+        on_cpu, runnable = sched
+        blocked = max(0.0, wall - on_cpu - runnable)
+        print(f"  writer thread : on a CPU {100 * on_cpu / wall:.0f}% of the wall time, runnable but waiting for a "
+              f"CPU {100 * runnable / wall:.0f}%, blocked {100 * blocked / wall:.0f}% (the interpreter lock, I/O, "
+              "or an empty page queue)")
     if b["phase_floor"]:
         print(f"bound          : {b['bound']:.2f} s  phase-aware floor: the least time any client needs for the "
               f"minimal requests, given where the server's windows stood at the start")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hookspecs.devhost.host import DevHost
 from hookspecs.interfaces import Contact, ContactStore, NewContact
@@ -190,3 +190,29 @@ def test_concurrent_writer_processes(tmp_path, db_url, store_ids):
             assert cs.count(tx) == 15 * 40
             assert cs.find_by_emails(tx, [f"{s}-14-39@x.io"])[f"{s}-14-39@x.io"]
     assert host.context(stores[0]).secrets.get("progress") == "14"
+
+
+def test_a_contact_row_takes_about_its_size_on_disk(tmp_path, store_ids):
+    """A Klaviyo profile with its consent evidence and properties makes a 1.5-2 KB
+    encrypted row. A WITHOUT ROWID table keeps at most ~1 KB of a row in its page and
+    spills the rest to an overflow page of its own (~4.5 KB per contact, all of it written
+    twice: WAL and checkpoint); the rowid table packs two such rows in a 4 KB page."""
+    host = DevHost(f"sqlite:///{tmp_path / 'size.db'}", tmp_path / "home", env={})
+    try:
+        (store,) = store_ids(1)
+        cs = host.contacts(store)
+        people = _people(400)
+        for i, p in enumerate(people):
+            p.properties = {f"kla_prop_{k}": f"value {i} {k} " + "x" * 20 for k in range(32)}
+        with host.storage.transaction() as tx:
+            cs.create_many(tx, people)
+            blob = tx.exec_driver_sql("SELECT avg(length(data)) FROM sp_contacts").scalar_one()
+            try:
+                pages = tx.exec_driver_sql("SELECT count(*) FROM dbstat WHERE name = 'sp_contacts'").scalar_one()
+            except OperationalError:
+                pytest.skip("this SQLite has no dbstat table")
+            page_size = tx.exec_driver_sql("PRAGMA page_size").scalar_one()
+        assert 1500 < blob < 2000
+        assert pages * page_size < 400 * blob * 1.5
+    finally:
+        host.close()
