@@ -182,14 +182,20 @@ def helper_pids(exclude: set[int]) -> list[int]:
     return out
 
 
+def _cpu_seconds(stat_path: str, fields_from: int, fields_to: int) -> float | None:
+    """Sum of the clock-tick fields ``[fields_from, fields_to)`` after the command name
+    of a ``/proc/.../stat`` file, in seconds; ``None`` if it cannot be read (gone)."""
+    try:
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[fields_from:fields_to]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_with_reaped(pid: int) -> float:
     """CPU seconds of a process plus those of its children it has reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    return _cpu_seconds(f"/proc/{pid}/stat", 11, 15) or 0.0
 
 
 def helpers_cpu_seconds(exclude: set[int]) -> float:
@@ -210,12 +216,7 @@ def _status_kb(pid: int | str, key: str, path: str = "status") -> int:
 
 def _thread_cpu(tid: int) -> float | None:
     """CPU seconds (user + system) of one thread of this process; ``None`` once it ended."""
-    try:
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
+    return _cpu_seconds(f"/proc/self/task/{tid}/stat", 11, 13)
 
 
 def _thread_role(thread: threading.Thread, writer_tid: int) -> str:
@@ -250,21 +251,23 @@ class ThreadCpu:
 
     def __init__(self) -> None:
         self.writer_tid = threading.get_native_id()
-        self._start: dict[int, float] = {}
+        self._start: dict[int, float] = {t.native_id: cpu for t, cpu in self._running()}
         self._last: dict[int, tuple[str, float]] = {}
-        for t in threading.enumerate():
-            cpu = _thread_cpu(t.native_id) if t.native_id else None
-            if cpu is not None:
-                self._start[t.native_id] = cpu
         self._writer_sched0 = _schedstat(self.writer_tid)
         self.writer_sched: tuple[float, float] | None = None
         self.sample()
 
-    def sample(self) -> None:
+    @staticmethod
+    def _running():
+        """(thread, its CPU seconds so far) for every live thread of this process."""
         for t in threading.enumerate():
             cpu = _thread_cpu(t.native_id) if t.native_id else None
             if cpu is not None:
-                self._last[t.native_id] = (_thread_role(t, self.writer_tid), cpu)
+                yield t, cpu
+
+    def sample(self) -> None:
+        for t, cpu in self._running():
+            self._last[t.native_id] = (_thread_role(t, self.writer_tid), cpu)
         now = _schedstat(self.writer_tid)
         if now is not None and self._writer_sched0 is not None:
             self.writer_sched = (now[0] - self._writer_sched0[0], now[1] - self._writer_sched0[1])
