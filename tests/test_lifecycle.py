@@ -173,6 +173,10 @@ def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_
         host = make_host(db_url, tmp_path, server)
         h = Harness(host=host, server=server, account=account)
         h.install_and_authorize(DEFAULT_API_KEY)
+        # Hold the run open until it is cancelled: every membership page takes 2 s, so the run
+        # cannot complete in the moment between its first contact and the uninstall.
+        for template in _MEMBER_TEMPLATES:
+            server.inject(template, kind="slow", delay=2.0, count=100_000)
         result = {}
         worker = threading.Thread(target=lambda: result.update(report=Harness(host=host, server=server, account=account).sync("full")))
         worker.start()
@@ -191,6 +195,7 @@ def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_
         assert h.ctx.scheduler.next_run("klaviyo") is None
         kept = _count(h)
         assert kept > 0
+        server.clear_faults()
         assert h.sync("full").outcome == "not_installed"
         # Reinstalling later works and creates no duplicates.
         h.install_and_authorize(DEFAULT_API_KEY)
@@ -199,6 +204,9 @@ def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_
         kids = [k for c in contacts for k in c["klaviyo_ids"]]
         assert len(kids) == len(set(kids))
         host.close()
+
+
+_MEMBER_TEMPLATES = ("/api/lists/{id}/relationships/profiles", "/api/segments/{id}/relationships/profiles")
 
 
 def _count(h: Harness) -> int:
