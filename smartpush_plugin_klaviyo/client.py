@@ -13,7 +13,8 @@ pool) and is safe to share between the threads of a pool. Every request:
 Retries (with :mod:`tenacity`: jittered exponential backoff, bounded by ``max_retries``
 *and* ``max_retry_time``) cover 429 (waiting at least ``Retry-After`` and penalizing the
 budget), 5xx/524, timeouts, connection errors and non-JSON:API 403 pages (CDN/firewall).
-400, 401, JSON:API 403 and 404 are never retried.
+400, 401, JSON:API 403 and 404 are never retried. A 403 whose error ``code`` is
+``not_authenticated``/``authentication_failed`` is an invalid key, like a 401.
 
 The key never leaves the configured origin: :meth:`KlaviyoClient.get_url` refuses a URL
 whose scheme, host or port differ from ``base_url``. It is never logged, and never
@@ -22,6 +23,7 @@ appears in an exception or ``repr``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
 import re
@@ -92,6 +94,9 @@ ENDPOINT_SCOPES: dict[str, tuple[str, ...]] = {
 FORBIDDEN_FIELDS = ("predictive_analytics",)
 """Never requested: slower, a stricter rate limit, and nothing the sync needs."""
 
+KEY_REJECTED_CODES = frozenset({"not_authenticated", "authentication_failed"})
+"""JSON:API error codes meaning the key itself was refused, whatever the status."""
+
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 527, 529, 530})
 
 _SCOPE_RE = re.compile(r"\b([a-z][a-z\-]*:(?:read|write))\b")
@@ -113,6 +118,20 @@ def endpoint_template(path: str) -> str:
         parts[3] = "{id}"
         return "/".join(parts)
     return path
+
+
+def _host_key(host: str | None) -> str:
+    """A host name compared by meaning: case and a trailing dot ignored, every loopback
+    spelling (``localhost``, ``127.x.y.z``, ``::1``) one name."""
+    host = (host or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return "<loopback>"
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return "<loopback>"
+    except ValueError:
+        pass
+    return host
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -160,7 +179,9 @@ class KlaviyoClient:
         if base.scheme not in ("http", "https") or not base.host:
             raise ConfigurationError("base_url must be an absolute http(s) URL")
         self.base_url = str(base)
+        self._base = base
         self._origin = (base.scheme, base.host.lower(), base.port or _DEFAULT_PORTS[base.scheme])
+        self._origin_key = (base.scheme, _host_key(base.host), self._origin[2])
         self.revision = revision
         self.budgets = budgets if budgets is not None else RateBudgets()
         self.max_retries = max(0, int(max_retries))
@@ -218,7 +239,10 @@ class KlaviyoClient:
         """GET a ``links.next``/``links.self`` URL returned by Klaviyo (``decode``: as :meth:`get`).
 
         Refuses (:class:`ForeignURLError`) any URL whose scheme, host or port differ from
-        ``base_url``, so the key is never sent anywhere else.
+        ``base_url``, so the key is never sent anywhere else. A host written in another
+        form of the same name (case, a trailing dot, ``localhost``/``127.0.0.1``/``::1``
+        for a loopback base URL, an explicit default port) is the same origin; only the
+        link's path and query are used: the request always goes to ``base_url`` itself.
         """
         if not isinstance(url, str) or not url:
             raise ConfigurationError("get_url() needs a URL")
@@ -231,10 +255,13 @@ class KlaviyoClient:
                 raise ForeignURLError("refused a relative link URL")
         else:
             scheme = parsed.scheme
-            origin = (scheme, (parsed.host or "").lower(), parsed.port or _DEFAULT_PORTS.get(scheme))
-            if origin != self._origin:
+            origin = (scheme, _host_key(parsed.host), parsed.port or _DEFAULT_PORTS.get(scheme))
+            if origin != self._origin_key:
                 log.warning("refused to follow a link to another origin (%s://%s)", scheme, parsed.host)
                 raise ForeignURLError(endpoint=endpoint_template(parsed.path))
+            # Same origin, perhaps spelled differently: request the link's path and query
+            # from base_url (never from the host as the link spells it).
+            url = str(self._base.copy_with(raw_path=parsed.raw_path))
         query = unquote(parsed.query.decode("ascii", "replace")) if parsed.query else ""
         for forbidden in FORBIDDEN_FIELDS:
             if forbidden in query:
@@ -338,20 +365,21 @@ class KlaviyoClient:
             retry_after = _retry_after(headers)
             for budget in budgets:
                 budget.penalize(retry_after)
-            raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after)
+            code, detail = _error_code_detail(_jsonapi_errors(response))
+            raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after, code=code,
+                                   detail=detail, secrets=self._secrets)
         budgets[-1].observe(headers, ticket=ticket)
         raise self._error(template, response)
 
     def _error(self, template: str, response: httpx.Response) -> KlaviyoAPIError:
         status = response.status_code
         errors = _jsonapi_errors(response)
-        first = errors[0] if errors else {}
-        code = first.get("code") if isinstance(first.get("code"), str) else None
-        detail = first.get("detail") if isinstance(first.get("detail"), str) else None
-        if detail is None and isinstance(first.get("title"), str):
-            detail = first["title"]
+        code, detail = _error_code_detail(errors)
         common = dict(status=status, endpoint=template, code=code, detail=detail, secrets=self._secrets)
-        if status == 401:
+        if status == 401 or (status == 403 and code in KEY_REJECTED_CODES):
+            # The spec ties no status to a rejected key (every error is a 4XX ClientError
+            # with a free ``code``): a 403 whose code says the key itself was refused is
+            # a bad key, not a missing scope.
             return InvalidKeyError(**common)
         if status == 403:
             if errors is None:  # an HTML/CDN page, not Klaviyo's API: retry
@@ -424,6 +452,16 @@ def _retry_after(headers: httpx.Headers) -> float | None:
             return None
         seconds = (when - datetime.now(timezone.utc)).total_seconds()
     return max(0.0, seconds)
+
+
+def _error_code_detail(errors: list[dict] | None) -> tuple[str | None, str | None]:
+    """The first JSON:API error's ``code`` and ``detail`` (else ``title``), unsanitized."""
+    first = errors[0] if errors else {}
+    code = first.get("code") if isinstance(first.get("code"), str) else None
+    detail = first.get("detail") if isinstance(first.get("detail"), str) else None
+    if detail is None and isinstance(first.get("title"), str):
+        detail = first["title"]
+    return code, detail
 
 
 def _jsonapi_errors(response: httpx.Response) -> list[dict] | None:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 
+from smartpush_plugin_klaviyo.timeutil import parse_timestamp
+
 T = TypeVar("T")
 
 GroupKind = Literal["list", "segment"]
@@ -31,20 +33,12 @@ Lenient = Annotated[T | None, WrapValidator(_lenient)]
 
 
 def parse_datetime(value: Any) -> datetime | None:
-    """An ISO 8601 string as an aware datetime (naive means UTC); ``None`` when not parseable."""
+    """An ISO 8601 / RFC 3339 string as an aware datetime (naive means UTC); ``None``
+    when not parseable. Every RFC 3339 form is accepted (``Z``/``z``, ``t``, any
+    fraction length): see :func:`timeutil.parse_timestamp`."""
     if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, str) and value:
-        text = value.strip()
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-    else:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return parse_timestamp(value)
 
 
 def _lenient_datetime(value: Any) -> datetime | None:

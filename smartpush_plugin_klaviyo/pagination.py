@@ -5,7 +5,8 @@ last page). :func:`iter_pages` follows them holding one page at a time;
 :func:`fetch_page` serves callers that checkpoint ``next_url`` and resume later.
 
 Filters use Klaviyo's grammar, e.g.
-``and(greater-than(updated,2026-01-02T03:04:05.123456+00:00),less-than(updated,…))``.
+``and(greater-than(updated,2026-01-02T03:04:05+00:00),less-than(updated,…))`` (the
+engine only sends whole seconds, the one datetime form of the spec's own filter example).
 """
 
 from __future__ import annotations
@@ -74,13 +75,14 @@ ADDITIONAL_FIELDS_USED: dict[str, tuple[str, str]] = {
 
 # ------------------------------------------------------------------ filters
 def format_datetime(value: datetime) -> str:
-    """ISO 8601 with microseconds and an explicit offset (naive values are UTC):
-    ``2026-01-02T03:04:05.123456+00:00``."""
+    """ISO 8601 with an explicit offset (naive values are UTC), in UTC; whole seconds
+    exactly as the spec's filter example (``2022-11-08T00:00:00+00:00``), a fraction
+    only when the value has one: ``2026-01-02T03:04:05.123456+00:00``."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     else:
         value = value.astimezone(timezone.utc)
-    return value.isoformat(timespec="microseconds")
+    return value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
 
 
 def format_value(value: Any) -> str:

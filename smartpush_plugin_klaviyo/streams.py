@@ -10,12 +10,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from smartpush_plugin_klaviyo.pagination import and_, greater_or_equal, greater_than, less_than
-from smartpush_plugin_klaviyo.timeutil import format_iso, parse_iso
+from smartpush_plugin_klaviyo.timeutil import ceil_second, floor_second, format_iso, parse_iso
 
 PROFILES_PATH = "/api/profiles"
 MEMBER_PATHS = {"list": "/api/lists/{id}/relationships/profiles", "segment": "/api/segments/{id}/relationships/profiles"}
 PAGE_SIZE = 100
 RESTART_OVERLAP = timedelta(seconds=1)
+WINDOW_OVERLAP = timedelta(seconds=1)
+"""A profile window's lower bound is moved back this much. ``updated`` only has the strict
+``greater-than``/``less-than`` (the spec allows nothing else), so windows that merely met
+at a cut would both exclude a profile updated exactly at it; the writer dedupes by id."""
+
+# Filter datetimes are whole seconds (lower bounds rounded down, upper bounds up, so a
+# range only widens): the one datetime form of the spec's own filter example,
+# ``less-or-equal(created,2022-11-08T00:00:00+00:00)``, which any server accepts.
 
 
 def profile_request(lo: str | None, hi: str | None, *, after: str | None = None) -> tuple[str, dict]:
@@ -28,6 +36,8 @@ def profile_request(lo: str | None, hi: str | None, *, after: str | None = None)
     restart = parse_iso(after)
     if restart is not None:
         start = restart - RESTART_OVERLAP
+    elif start is not None:
+        start = start - WINDOW_OVERLAP
     end = parse_iso(hi)
     params: dict = {
         "additional-fields[profile]": "subscriptions",
@@ -35,8 +45,8 @@ def profile_request(lo: str | None, hi: str | None, *, after: str | None = None)
         "sort": "updated",
     }
     flt = and_(
-        greater_than("updated", start) if start else None,
-        less_than("updated", end) if end else None,
+        greater_than("updated", floor_second(start)) if start else None,
+        less_than("updated", ceil_second(end)) if end else None,
     )
     if flt:
         params["filter"] = flt
@@ -44,12 +54,13 @@ def profile_request(lo: str | None, hi: str | None, *, after: str | None = None)
 
 
 def member_request(kind: str, group_id: str, lo: str | None, hi: str | None) -> tuple[str, dict]:
-    """The first request of a membership slice on ``joined_group_at`` in ``[lo, hi)``."""
+    """The first request of a membership slice on ``joined_group_at`` in ``[lo, hi)``
+    (both rounded down to a whole second: adjacent slices still meet exactly)."""
     start, end = parse_iso(lo), parse_iso(hi)
     params: dict = {"page[size]": PAGE_SIZE}
     flt = and_(
-        greater_or_equal("joined_group_at", start) if start else None,
-        less_than("joined_group_at", end) if end else None,
+        greater_or_equal("joined_group_at", floor_second(start)) if start else None,
+        less_than("joined_group_at", floor_second(end)) if end else None,
     )
     if flt:
         params["filter"] = flt
@@ -57,11 +68,17 @@ def member_request(kind: str, group_id: str, lo: str | None, hi: str | None) -> 
 
 
 def time_slices(start: datetime | None, end: datetime | None, count: int) -> list[tuple[str | None, str | None]]:
-    """``count`` contiguous slices covering everything: the first has no lower bound,
-    the last no upper bound, so records outside ``[start, end]`` are never lost."""
+    """Up to ``count`` contiguous slices covering everything: the first has no lower
+    bound, the last no upper bound, so records outside ``[start, end]`` are never lost.
+    Cuts are whole seconds (filters send whole seconds); a range too short for ``count``
+    distinct cuts gets fewer slices."""
     if count <= 1 or start is None or end is None or end <= start:
         return [(None, None)]
     step = (end - start) / count
-    cuts = [format_iso(start + step * i) for i in range(1, count)]
-    bounds: list[str | None] = [None, *cuts, None]
-    return [(bounds[i], bounds[i + 1]) for i in range(count)]
+    cuts: list[datetime] = []
+    for i in range(1, count):
+        cut = floor_second(start + step * i)
+        if (not cuts or cut > cuts[-1]) and cut > start:
+            cuts.append(cut)
+    bounds: list[str | None] = [None, *(format_iso(c) for c in cuts), None]
+    return [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]

@@ -42,7 +42,7 @@ from smartpush_plugin_klaviyo.errors import (
     SyncCancelled,
 )
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
-from smartpush_plugin_klaviyo.pagination import any_of
+from smartpush_plugin_klaviyo.pagination import any_of, fetch_page, iter_pages
 from smartpush_plugin_klaviyo.profile_pages import ProfilePageDecoder, default_processes
 from smartpush_plugin_klaviyo.state import (
     group_t,
@@ -240,14 +240,24 @@ class SyncRun:
             )
         return run, False
 
+    PROBE_MAX_PAGES = 5
+
     def _probe(self, sort: str) -> datetime | None:
-        body = self.client.get(
-            PROFILES_PATH, {"sort": sort, "page[size]": 1, "fields[profile]": "updated"}
-        )
-        data = body.get("data") or []
-        if not data:
-            return None
-        return parse_iso(((data[0] or {}).get("attributes") or {}).get("updated"))
+        """The ``updated`` of the first profile in ``sort`` order (``None``: no profiles).
+
+        A page may be empty and still have a ``links.next`` (the spec promises no page
+        size, only a maximum): a few pages are followed to find the first record.
+        """
+        page = fetch_page(self.client, PROFILES_PATH, {"sort": sort, "page[size]": 1, "fields[profile]": "updated"})
+        for _ in range(self.PROBE_MAX_PAGES):
+            first = next((r for r in page.data if isinstance(r, dict)), None)
+            if first is not None:
+                attrs = first.get("attributes")
+                return parse_iso(attrs.get("updated") if isinstance(attrs, dict) else None)
+            if not page.next_url:
+                return None
+            page = fetch_page(self.client, page.next_url)
+        return None
 
     # ------------------------------------------------------------- groups
     def _sync_groups(self) -> None:
@@ -616,11 +626,15 @@ class SyncRun:
             )
         for start in range(0, len(candidates), 100):
             chunk = candidates[start : start + 100]
-            body = self.client.get(
+            # Every page of the answer: a server may return fewer than page[size] records
+            # per page, and an id not read is not a deleted profile.
+            alive = []
+            for page in iter_pages(
+                self.client,
                 PROFILES_PATH,
                 {"filter": any_of("id", chunk), "page[size]": 100, "additional-fields[profile]": "subscriptions"},
-            )
-            alive = [r for r in body.get("data") or [] if isinstance(r, dict)]
+            ):
+                alive.extend(r for r in page.data if isinstance(r, dict))
             alive_ids = {r.get("id") for r in alive}
             gone = [k for k in chunk if k not in alive_ids]
             with self.ctx.storage.transaction() as tx:
