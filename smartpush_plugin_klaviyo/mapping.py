@@ -753,6 +753,19 @@ def _evidence(props: dict[str, Any], keys: tuple[str, ...]) -> tuple:
     return tuple(props.get(k) for k in keys)
 
 
+def _cannot_receive(channel: str, props: dict[str, Any]) -> bool:
+    """Whether the mirrored evidence says this address is globally barred from marketing.
+
+    The spec gives two signals (components.schemas.EmailMarketing): a non-empty
+    ``suppression`` array, and ``can_receive_email_marketing`` (required; "True if [the]
+    profile does not have any global suppressions"). ``suppression`` is optional and
+    nullable, so ``can_receive_email_marketing: false`` alone must count too.
+    """
+    if channel == "email":
+        return bool(props.get("kla_email_suppressions")) or props.get("kla_email_can_receive_marketing") is False
+    return props.get("kla_sms_can_receive_marketing") is False
+
+
 def _merge_channel(
     channel: str,
     existing_status: SubscriptionStatus | None,
@@ -771,10 +784,11 @@ def _merge_channel(
         notes.append(f"{channel}_status_not_applied:address_differs")
         return existing_status
     mirrored = any(k in old_props for k in keys)
-    if not primary and incoming == SUBSCRIBED and channel == "email" and old_props.get("kla_email_suppressions"):
+    if not primary and incoming == SUBSCRIBED and _cannot_receive(channel, old_props):
         # Another Klaviyo profile of this address is globally suppressed (bounce, spam
-        # complaint): a second profile's SUBSCRIBED must not make the address sendable.
-        notes.append("email_status_not_applied:suppressed_elsewhere")
+        # complaint) or cannot receive marketing: a second profile's SUBSCRIBED must not
+        # make the address sendable.
+        notes.append(f"{channel}_status_not_applied:suppressed_elsewhere")
         return existing_status
     if primary and mirrored:
         if _evidence(old_props, keys) == _evidence(mapped_props, keys):

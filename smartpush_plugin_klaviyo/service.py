@@ -125,8 +125,9 @@ def authorize(ctx: HostContext, api_key: str) -> AuthorizeResult:
 
 def options_from_settings(settings) -> SyncOptions:
     """Default options, with the host's ``KLAVIYO_MAP_PROCESSES`` (helper processes for
-    profile pages; ``0``: none) and ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they
-    start) when set."""
+    profile pages; ``0``: none), ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they
+    start), ``KLAVIYO_MEMBERS_PER_SLICE`` and ``KLAVIYO_RESCAN_EVERY_RUNS`` (membership
+    scans, see :class:`SyncOptions`) when set."""
     options = SyncOptions()
     processes = settings.get("KLAVIYO_MAP_PROCESSES")
     if processes not in (None, ""):
@@ -134,6 +135,12 @@ def options_from_settings(settings) -> SyncOptions:
     after = settings.get("KLAVIYO_MAP_PROCESSES_AFTER")
     if after not in (None, ""):
         options.map_processes_after = max(0, int(after))
+    per_slice = settings.get("KLAVIYO_MEMBERS_PER_SLICE")
+    if per_slice not in (None, ""):
+        options.members_per_slice = max(1, int(per_slice))
+    rescan = settings.get("KLAVIYO_RESCAN_EVERY_RUNS")
+    if rescan not in (None, ""):
+        options.rescan_every_runs = max(1, int(rescan))
     return options
 
 

@@ -82,6 +82,11 @@ class SyncOptions:
     max_member_slices: int = 16
     first_scan_slices: int = 6
     """Slices of a group scanned for the first time (its size is not known yet)."""
+    rescan_every_runs: int = 7
+    """An incremental run rescans a group whose last complete scan is this many runs old,
+    whatever ``profile_count`` says: the spec promises nothing about that count (it is
+    just a nullable integer), so a count that lags or counts differently can hide a
+    removal for at most this many runs."""
     queue_pages: int = 16
     """Pages buffered between fetchers and the writer (bounds memory)."""
     map_processes: int | None = None
@@ -155,6 +160,8 @@ class SyncRun:
         self.pool: ThreadPoolExecutor | None = None
         self.decoder = ProfilePageDecoder(0)
         self.aborted: BaseException | None = None
+        self.expected_members: dict[str, int] = {}
+        """group id -> the ``profile_count`` a rescan of this run was started with."""
 
     # ------------------------------------------------------------------ entry
     def execute(self, requested_mode: str) -> SyncReport:
@@ -298,7 +305,11 @@ class SyncRun:
                         to_fetch.extend(pending)
                     else:
                         finished.append(g["group_id"])  # scanned before the crash, not finalized
-                elif self.mode == "full" or g["scanned_gen"] == 0:
+                elif (
+                    self.mode == "full"
+                    or g["scanned_gen"] == 0
+                    or self.gen - g["scanned_gen"] >= self.options.rescan_every_runs
+                ):
                     rows = self._scan_streams(g)
                     new_rows.extend(rows)
                     to_fetch.extend(rows)
@@ -430,6 +441,9 @@ class SyncRun:
                             self.writer.write_members(tx, key, payload, scan=False)
                         elif kind == "create_streams":
                             tx.execute(insert(stream_t), payload)
+                        elif kind == "finalize_scan":
+                            self.writer.finalize_group_scan(tx, key)
+                            self._mark_checked(tx, key)
             if barrier is not None:
                 barrier.set()
             trimmer.maybe_trim()
@@ -466,9 +480,69 @@ class SyncRun:
                 )
             )
         ).scalar_one()
-        if remaining == 0:
+        if remaining == 0 and not self._scan_incomplete(tx, stream):
             self.writer.finalize_group_scan(tx, stream["group_id"])
             self._mark_checked(tx, stream["group_id"])
+
+    def _scan_incomplete(self, tx, stream: dict) -> bool:
+        """Whether a finished *sliced* scan may have missed members; if so, one unsliced
+        stream of the group is started (or a count check that decides it) and ``True``.
+
+        Slices filter on ``joined_group_at``, a filter-only field the spec never shows
+        (paths./api/lists/{id}/relationships/profiles.get x-klaviyo-filters; the items
+        are just ``type`` and ``id``): a membership whose ``joined_group_at`` is unknown
+        to the server matches no comparison, so only an unfiltered request returns it.
+        Members "not seen" by such a scan have not left: before they are removed (or
+        when the scan found fewer than ``profile_count``), an unfiltered scan decides.
+        """
+        gid = stream["group_id"]
+        keys = list(tx.execute(
+            select(stream_t.c.key).where(
+                and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.group_id == gid)
+            )
+        ).scalars())
+        if len(keys) < 2 or any(k.endswith(":all") for k in keys):
+            return False  # unsliced: complete by construction
+        seen = tx.execute(
+            select(func.count()).select_from(membership_t).where(
+                and_(membership_t.c.store_id == self.store_id, membership_t.c.group_id == gid,
+                     membership_t.c.seen_gen == self.gen)
+            )
+        ).scalar_one()
+        kind = stream["key"].split(":")[1]
+        group = {"kind": kind, "group_id": gid}
+        expected = self.expected_members.get(gid)
+        if expected is not None:
+            if seen >= expected:
+                return False
+            self.counters.counts["group_scans_unsliced"] += 1
+            row = self._unsliced_stream(group)
+            tx.execute(insert(stream_t), [dict(row)])
+            self._submit(self._fetch_stream, row)
+            return True
+        if seen >= self.writer.member_count(tx, gid):
+            return False  # nobody would be removed
+        self._submit(self._verify_scan, group, seen)
+        return True
+
+    def _verify_scan(self, group: dict, seen: int) -> None:
+        """A sliced scan would remove members: is ``profile_count`` consistent with it?"""
+        count, _processing = self._group_count(group)
+        if count is not None and count <= seen:
+            self._enqueue(("finalize_scan", group["group_id"], None))
+            return
+        self.counters.counts["group_scans_unsliced"] += 1
+        row = self._unsliced_stream(group)
+        self._enqueue(("create_streams", None, [dict(row)]))
+        self._submit(self._fetch_stream, row)
+
+    def _unsliced_stream(self, group: dict) -> dict:
+        return {
+            "store_id": self.store_id, "run_id": self.run_id,
+            "key": f"members:{group['kind']}:{group['group_id']}:all", "kind": "members",
+            "group_id": group["group_id"], "lo": None, "hi": None, "next_url": None, "last_value": None,
+            "started": False, "done": False, "pages": 0, "records": 0,
+        }
 
     def _mark_checked(self, tx, group_id: str) -> None:
         tx.execute(
@@ -523,13 +597,24 @@ class SyncRun:
         kind = "list" if stream["key"].startswith("members:list:") else "segment"
         return member_request(kind, stream["group_id"], stream["lo"], stream["hi"])
 
-    def _profile_count(self, group: dict) -> int | None:
+    def _group_count(self, group: dict) -> tuple[int | None, bool]:
+        """``profile_count`` (``None``: not given) and, for a segment, whether it
+        ``is_processing`` (its membership and count are in flux: not to be trusted).
+
+        Both in one request: ``fields[segment]`` allows ``profile_count`` and
+        ``is_processing`` (paths./api/segments/{id}.get.parameters); ``is_processing`` is
+        a required attribute of a segment (components.schemas
+        .SegmentRetrieveResponseObjectResource.required).
+        """
         kind, gid = group["kind"], group["group_id"]
+        fields = "profile_count,is_processing" if kind == "segment" else "profile_count"
         detail = self.client.get(
-            f"/api/{kind}s/{gid}", {f"additional-fields[{kind}]": "profile_count", f"fields[{kind}]": "profile_count"}
+            f"/api/{kind}s/{gid}", {f"additional-fields[{kind}]": "profile_count", f"fields[{kind}]": fields}
         )
-        count = ((detail.get("data") or {}).get("attributes") or {}).get("profile_count")
-        return count if isinstance(count, int) and count >= 0 else None
+        attrs = (detail.get("data") or {}).get("attributes") or {}
+        count = attrs.get("profile_count")
+        count = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+        return count, attrs.get("is_processing") is True
 
     def _scan_streams(self, group: dict, expected: int | None = None) -> list[dict]:
         """The streams of a complete scan of one group (sliced when it is large).
@@ -567,6 +652,8 @@ class SyncRun:
 
     def _start_scan(self, group: dict, expected: int | None = None) -> None:
         """Create a group's scan streams and run them (from a fetcher thread)."""
+        if expected is not None:
+            self.expected_members[group["group_id"]] = expected
         rows = self._scan_streams(group, expected)
         # Created by the writer (one writer: fetchers never wait for the database's write
         # lock); the queue is FIFO, so the rows exist before any page of these streams.
@@ -600,10 +687,10 @@ class SyncRun:
         while not done.wait(0.2):
             if self.stop.is_set():
                 raise _Stop()
-        count = self._profile_count(group)
+        count, processing = self._group_count(group)
         with self.ctx.storage.transaction(readonly=True) as tx:
             ours = self.writer.member_count(tx, gid)
-        if count is not None and count == ours:
+        if count is not None and count == ours and not processing:
             self.counters.counts["groups_unchanged"] += 1
             self._enqueue(("group_checked", gid, None))
         else:

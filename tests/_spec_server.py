@@ -14,7 +14,11 @@ copes (real sockets, no mocks):
   (``less-or-equal(created,2022-11-08T00:00:00+00:00)``: no fraction);
 * ``additional-fields[list|segment]=profile_count`` ignored (the attribute is nullable);
 * relationship items with only ``type`` and ``id``;
-* profiles missing from ``updated`` queries for a while (index lag).
+* profiles missing from ``updated`` queries for a while (index lag);
+* a key without some scopes, refused with a 403 whose wording names no scope;
+* ``profile_count`` updated lazily (a stale value per group);
+* memberships without a ``joined_group_at`` (``None`` in ``members``): like SQL's NULL,
+  no comparison on it is true, so only an unfiltered request returns them.
 
 Data is plain resources (``profiles``: JSON:API profile dicts; ``groups``: list/segment
 dicts with ``kind``; ``members``: group id -> [(profile id, joined_group_at datetime)]);
@@ -57,6 +61,11 @@ class Quirks:
     unindexed: frozenset[str] = frozenset()
     """Profile ids the ``updated`` index does not hold yet (index lag): queries that filter
     or sort on ``updated`` miss them, lookups by id still find them."""
+    scopes: frozenset[str] | None = None
+    """The key's scopes (``None``: all). An endpoint needing another one (its
+    ``x-klaviyo-scopes``) answers 403 ``permission_denied`` with a generic detail."""
+    stale_counts: dict | None = None
+    """group id -> the ``profile_count`` served (counts updated lazily)."""
 
 
 def parse_ts(text) -> datetime | None:
@@ -206,6 +215,9 @@ class SpecServer:
             self.requests.append(raw)
         if headers.get("Authorization") != f"Klaviyo-API-Key {self.key}":
             return self._error(401, "not_authenticated", "Authentication credentials were not provided.")
+        needed = _scopes_of(path)
+        if self.quirks.scopes is not None and not needed <= self.quirks.scopes:
+            return self._error(403, "permission_denied", "You do not have permission to perform this action.")
         try:
             seg = path.split("/")  # ["", "api", collection, id?, "relationships"?, "profiles"?]
             if path == "/api/profiles":
@@ -340,6 +352,8 @@ class SpecServer:
         count = None
         if "profile_count" in q.get(f"additional-fields[{kind}]", "") and self.quirks.profile_count:
             count = len(self.members.get(gid, []))
+            if self.quirks.stale_counts and gid in self.quirks.stale_counts:
+                count = self.quirks.stale_counts[gid]
         return {"data": self._group_resource(g, count), "links": {"self": self._link(path, q, None)}}
 
     def _members(self, path: str, kind: str, gid: str, q: dict) -> dict:
@@ -349,10 +363,20 @@ class SpecServer:
             if name != "joined_group_at":
                 raise FilterError(f"'{name}' is not a valid filter field")
         with self.lock:
-            rows = sorted(self.members.get(gid, []), key=lambda m: (m[1], m[0]))
+            rows = sorted(self.members.get(gid, []), key=lambda m: (m[1] is None, m[1] or datetime.min.replace(tzinfo=timezone.utc), m[0]))
         rows = [m for m in rows if matches(conds, lambda _n, m=m: m[1])]
         data, links = self._page(path, q, rows, 100)
         return {"data": [{"type": "profile", "id": pid} for pid, _ in data], "links": links}
+
+
+def _scopes_of(path: str) -> frozenset[str]:
+    """``x-klaviyo-scopes`` of the GET endpoints served (paths.<template>.get)."""
+    seg = path.split("/")
+    kind = seg[2] if len(seg) > 2 else ""
+    needed = {"profiles": {"profiles:read"}, "lists": {"lists:read"}, "segments": {"segments:read"}}.get(kind, set())
+    if len(seg) == 6 and seg[4:] == ["relationships", "profiles"]:
+        needed = needed | {"profiles:read"}
+    return frozenset(needed)
 
 
 class _NotFound(Exception):

@@ -60,11 +60,13 @@ def group(kind: str, gid: str, name: str, created: datetime, form: str = "+00:00
 def make_harness(db_url, tmp_path):
     hosts = []
 
-    def make(server: SpecServer) -> Harness:
-        host = make_host(db_url, tmp_path, server, KLAVIYO_RATE_LIMITS="off", KLAVIYO_MAX_RETRIES="2")
+    def make(server: SpecServer, key: str = KEY, **settings) -> Harness:
+        settings = {"KLAVIYO_RATE_LIMITS": "off", "KLAVIYO_MAX_RETRIES": "2", **settings}
+        host = make_host(db_url, tmp_path / f"h{len(hosts)}", server, **settings)
         hosts.append(host)
         h = Harness(host=host, server=server, account=None)
-        h.install_and_authorize(KEY)
+        if key is not None:
+            h.install_and_authorize(key)
         return h
 
     yield make
@@ -294,3 +296,109 @@ def test_throttle_and_server_errors_in_the_forms_the_spec_allows():
             assert time.monotonic() - t0 < 2  # a day's wait is not slept inside the run
         assert ei.value.code == "throttled" and ei.value.retry_after == 86400
         assert key not in str(ei.value) + repr(ei.value)
+
+
+# ------------------------------------------------------------ authorize / scopes
+ALL_READ_SCOPES = frozenset({"profiles:read", "lists:read", "segments:read"})
+
+
+def test_missing_scope_is_named_whatever_the_servers_wording(make_harness):
+    """``x-klaviyo-scopes`` of the endpoints read: paths./api/profiles.get ->
+    ``profiles:read``, paths./api/lists.get -> ``lists:read``, paths./api/segments.get ->
+    ``segments:read``, and both of its group's and ``profiles:read`` for
+    paths./api/{lists,segments}/{id}/relationships/profiles.get. A refusal is only a 4XX
+    ClientError (components.responses.ClientError: ``code``, ``title``, ``detail`` are free
+    strings), so the missing scope must come from what was asked, not from ``detail``: here
+    a DRF-style 403 ``permission_denied`` names none. Authorize refuses a key that reads
+    lists but not segments and names ``segments:read``; a key that loses it later pauses
+    the sync with the same name."""
+    profiles = [profile(i, T0 + timedelta(minutes=i)) for i in range(3)]
+    groups = [group("list", "L1", "All", T0), group("segment", "S1", "Some", T0)]
+    members = {"L1": [(p["id"], T0) for p in profiles], "S1": [(profiles[0]["id"], T0)]}
+    quirks = Quirks(scopes=ALL_READ_SCOPES - {"segments:read"})
+    with SpecServer(profiles, groups, members, quirks) as server:
+        h = make_harness(server, key=None)
+        h.call("install")
+        result = h.call("authorize", credentials=KEY)
+        assert not result.ok and result.missing_scopes == ["segments:read"]
+        assert "segments:read" in result.message and KEY not in result.message
+        assert server.errors and "segments" not in server.errors[-1][1]  # the wording names no scope
+        server.quirks.scopes = ALL_READ_SCOPES
+        assert h.call("authorize", credentials=KEY).ok
+        assert h.sync("full").outcome == "completed"
+        server.quirks.scopes = ALL_READ_SCOPES - {"segments:read"}
+        report = h.sync("incremental")
+        assert report.outcome == "paused"
+        status = h.status()
+        assert status.pause_reason.value == "missing_scope"
+        assert "segments:read" in status.pause_detail and KEY not in status.pause_detail
+
+
+# ------------------------------------------------------------------ memberships
+def tagged(h: Harness, tag: str) -> set[str]:
+    return {kid for c in h.export() if tag in c["tags"] for kid in c["klaviyo_ids"]}
+
+
+def test_a_lagging_segment_count_does_not_hide_a_removal(make_harness):
+    """``profile_count`` is only ``{"type": "integer", "nullable": true}``
+    (components.schemas.GetSegmentRetrieveResponseCompoundDocument ... profile_count): the
+    spec does not say it equals the relationships' count at every moment. A segment
+    whose membership is being recomputed says so (``is_processing``, required:
+    components.schemas.SegmentRetrieveResponseObjectResource.required; requestable with
+    ``fields[segment]``: paths./api/segments/{id}.get.parameters). A segment still
+    reporting its old count while processing must be rescanned, so a member who left
+    loses the tag; and a list whose count lags without any such flag is rescanned after
+    ``KLAVIYO_RESCAN_EVERY_RUNS`` runs at the latest."""
+    profiles = [profile(i, T0 + timedelta(minutes=i)) for i in range(4)]
+    groups = [group("segment", "S1", "Buyers", T0 - timedelta(days=2)), group("list", "L1", "News", T0 - timedelta(days=2))]
+    members = {"S1": [(p["id"], T0 - timedelta(days=1)) for p in profiles],
+               "L1": [(p["id"], T0 - timedelta(days=1)) for p in profiles]}
+    with SpecServer(profiles, groups, members, Quirks(stale_counts={})) as server:
+        h = make_harness(server, KLAVIYO_RESCAN_EVERY_RUNS="3")
+        assert h.sync("full").outcome == "completed"
+        assert tagged(h, "kla_segment_buyers") == {p["id"] for p in profiles}
+        with server.lock:
+            server.quirks.stale_counts = {"S1": 4, "L1": 4}  # counts not updated yet
+            server.members["S1"] = server.members["S1"][1:]
+            server.members["L1"] = server.members["L1"][1:]
+            server.groups[0]["is_processing"] = True
+        report = h.sync("incremental")
+        assert report.outcome == "completed", report.message
+        assert tagged(h, "kla_segment_buyers") == {p["id"] for p in profiles[1:]}
+        for _ in range(2):
+            assert h.sync("incremental").outcome == "completed"
+        assert tagged(h, "kla_list_news") == {p["id"] for p in profiles[1:]}
+
+
+def test_members_without_joined_group_at_are_neither_missed_nor_removed(make_harness):
+    """``joined_group_at`` is a filter-only field of both relationships endpoints
+    (paths./api/lists/{id}/relationships/profiles.get x-klaviyo-filters.joined_group_at,
+    same for segments; the items are only ``type`` and ``id``:
+    components.schemas.GetSegmentProfilesRelationshipsResponseCollection). A server whose
+    data lacks it for some memberships returns them to no comparison, only unfiltered.
+    Scans sliced on ``joined_group_at`` must notice (fewer members than ``profile_count``,
+    or members about to be removed) and read the group unfiltered: the member gets its tag,
+    keeps it in later full runs, and a member who really left still loses it."""
+    profiles = [profile(i, T0 + timedelta(minutes=i)) for i in range(8)]
+    members = {"L1": [(p["id"], T0 - timedelta(days=9 - i)) for i, p in enumerate(profiles)]}
+    members["L1"][3] = (profiles[3]["id"], None)
+    everyone = {p["id"] for p in profiles}
+    with SpecServer(profiles, [group("list", "L1", "Club", T0 - timedelta(days=10))], members) as server:
+        h = make_harness(server, KLAVIYO_MEMBERS_PER_SLICE="2")
+        assert h.sync("full").outcome == "completed"
+        report = h.sync("incremental")
+        assert report.outcome == "completed", report.message
+        assert tagged(h, "kla_list_club") == everyone
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+        assert tagged(h, "kla_list_club") == everyone
+        with server.lock:
+            server.members["L1"].pop(5)
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+        assert tagged(h, "kla_list_club") == everyone - {profiles[5]["id"]}
+        with server.lock:
+            server.members["L1"].pop(0)
+        report = h.sync("incremental")
+        assert report.outcome == "completed", report.message
+        assert tagged(h, "kla_list_club") == everyone - {profiles[5]["id"], profiles[0]["id"]}
