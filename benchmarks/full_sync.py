@@ -32,7 +32,10 @@ What it does
    The sync's CPU is also split by thread (the writer, which is the calling thread;
    the fetch threads; the thread receiving the helpers' pages; others), and the
    writer's wall time into on a CPU / runnable but waiting for a CPU / blocked, from
-   the kernel's per-thread scheduler statistics: what the serial stage waits for.
+   the kernel's per-thread scheduler statistics: what the serial stage waits for. The
+   *CPU budget* line adds up the CPU of the sync, its helpers and the stand-in (all on
+   the same cores) and divides it by the cores: no schedule of that work can be faster,
+   so profiles over it is the ceiling at that CPU per profile.
 
 The bounds (seconds)
 --------------------
@@ -277,6 +280,26 @@ class ThreadCpu:
         for tid, (role, cpu) in self._last.items():
             out[role] = out.get(role, 0.0) + cpu - self._start.get(tid, 0.0)
         return {role: round(v, 2) for role, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def cpu_budget(profiles: int, wall: float, cpu_parts: list[float]) -> dict:
+    """What the CPU the run used allows on this machine's cores, whatever the scheduling.
+
+    The sync process, its helpers and the stand-in all run on the same cores, so their CPU
+    seconds divided by the number of cores is a floor under the wall time of *any* schedule
+    of the same work; profiles over that floor is the most this CPU per profile allows.
+    """
+    cores = os.cpu_count() or 1
+    cpu = sum(cpu_parts)
+    floor = cpu / cores
+    return {
+        "cores": cores,
+        "cpu_seconds": round(cpu, 2),
+        "cpu_us_per_profile": 1e6 * cpu / profiles if profiles else None,
+        "floor_seconds": round(floor, 2),
+        "ceiling_profiles_per_second": round(profiles / floor, 1) if floor > 0 else None,
+        "busy_percent": round(100 * floor / wall) if wall > 0 else None,
+    }
 
 
 class RssSampler(threading.Thread):
@@ -709,6 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         "standin_cpu_seconds": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
         "helpers_cpu_seconds": round(helpers1 - helpers0, 2),
         "helper_processes": sampler.max_helpers,
+        "cpu_budget": cpu_budget(profiles, wall, [
+            (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
+            helpers1 - helpers0,
+            (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else 0.0,
+        ]),
         "sync_cpu_by_thread": sampler.threads.by_role(),
         "writer_on_cpu_and_runnable_seconds": sampler.threads.writer_sched,
         "peak_tree_rss_mb": round(sampler.tree_rss_kb / 1024, 1),
@@ -742,6 +770,11 @@ def main(argv: list[str] | None = None) -> int:
           f"errors {requests.get('errors', 0)}")
     print(f"wall           : {wall:.2f} s   (sync CPU {result['sync_cpu_seconds']} s + helper processes "
           f"{result['helpers_cpu_seconds']} s; stand-in CPU {result['standin_cpu_seconds']} s)")
+    cb = result["cpu_budget"]
+    if cb["ceiling_profiles_per_second"]:
+        print(f"  CPU budget    : {cb['cpu_seconds']} CPU-s in all on {cb['cores']} cores -> no schedule can take less "
+              f"than {cb['floor_seconds']} s: at most {cb['ceiling_profiles_per_second']:.0f} profiles/s at this "
+              f"CPU per profile ({cb['cpu_us_per_profile']:.0f} us); the cores were busy {cb['busy_percent']}% of the wall")
     split = result["sync_cpu_by_thread"]
     print("  sync by thread: " + ", ".join(f"{role} {cpu} s" for role, cpu in split.items()))
     sched = result["writer_on_cpu_and_runnable_seconds"]

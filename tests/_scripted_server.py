@@ -14,7 +14,27 @@ from urllib.parse import parse_qs, urlsplit
 JSONAPI = "application/vnd.api+json"
 
 
-class ScriptedServer:
+class LoopbackServer:
+    """A threaded HTTP server on a free port of 127.0.0.1; a context manager that serves
+    in a background thread. Subclasses build their handler class and call :meth:`_listen`."""
+
+    def _listen(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ScriptedServer(LoopbackServer):
     """Answers from a queue of scripted responses, else from ``default`` (a paginated
     ``/api/profiles`` collection of ``profiles`` fake resources).
 
@@ -46,19 +66,7 @@ class ScriptedServer:
                 except OSError:
                     pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler)
 
     def push(self, status=200, body=None, headers=None, kind="response", count=1, delay=0.0):
         with self.lock:

@@ -33,8 +33,10 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from tests._scripted_server import LoopbackServer
 
 JSONAPI = "application/vnd.api+json"
 KEY = "pk_" + "5" * 34
@@ -163,7 +165,7 @@ def matches(conds, get) -> bool:
     return True
 
 
-class SpecServer:
+class SpecServer(LoopbackServer):
     """The server; ``profiles``, ``groups``, ``members`` and ``quirks`` may be edited live."""
 
     def __init__(self, profiles=(), groups=(), members=None, quirks: Quirks | None = None, key: str = KEY):
@@ -192,19 +194,7 @@ class SpecServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._listen(Handler)
 
     # ------------------------------------------------------------------ dispatch
     def _handle(self, raw: str, headers) -> tuple[int, dict]:
