@@ -123,24 +123,24 @@ def authorize(ctx: HostContext, api_key: str) -> AuthorizeResult:
     return AuthorizeResult(ok=True, message="Key accepted: profiles, lists and segments are readable.")
 
 
+_INT_SETTINGS = (  # host setting, SyncOptions field, smallest value allowed
+    ("KLAVIYO_MAP_PROCESSES", "map_processes", 0),
+    ("KLAVIYO_MAP_PROCESSES_AFTER", "map_processes_after", 0),
+    ("KLAVIYO_MEMBERS_PER_SLICE", "members_per_slice", 1),
+    ("KLAVIYO_RESCAN_EVERY_RUNS", "rescan_every_runs", 1),
+)
+
+
 def options_from_settings(settings) -> SyncOptions:
     """Default options, with the host's ``KLAVIYO_MAP_PROCESSES`` (helper processes for
     profile pages; ``0``: none), ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they
     start), ``KLAVIYO_MEMBERS_PER_SLICE`` and ``KLAVIYO_RESCAN_EVERY_RUNS`` (membership
     scans, see :class:`SyncOptions`) when set."""
     options = SyncOptions()
-    processes = settings.get("KLAVIYO_MAP_PROCESSES")
-    if processes not in (None, ""):
-        options.map_processes = max(0, int(processes))
-    after = settings.get("KLAVIYO_MAP_PROCESSES_AFTER")
-    if after not in (None, ""):
-        options.map_processes_after = max(0, int(after))
-    per_slice = settings.get("KLAVIYO_MEMBERS_PER_SLICE")
-    if per_slice not in (None, ""):
-        options.members_per_slice = max(1, int(per_slice))
-    rescan = settings.get("KLAVIYO_RESCAN_EVERY_RUNS")
-    if rescan not in (None, ""):
-        options.rescan_every_runs = max(1, int(rescan))
+    for name, attr, least in _INT_SETTINGS:
+        value = settings.get(name)
+        if value not in (None, ""):
+            setattr(options, attr, max(least, int(value)))
     return options
 
 
