@@ -397,13 +397,8 @@ class StandIn:
         self.base_url, self.api_key = lines
 
     def cpu_seconds(self) -> float | None:
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            tick = os.sysconf("SC_CLK_TCK")
-            return (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, ValueError, IndexError):
-            return None
+        """CPU seconds (user + system) of the stand-in process; ``None`` once it ended."""
+        return _cpu_seconds(f"/proc/{self.proc.pid}/stat", 11, 13)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -704,6 +699,9 @@ def main(argv: list[str] | None = None) -> int:
     profiles = counts.get("profiles_seen", 0)
     lists = sum(1 for g in shape["groups"] if g["kind"] == "list")
     segments = sum(1 for g in shape["groups"] if g["kind"] == "segment")
+    sync_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    standin_cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    helpers_cpu = helpers1 - helpers0
     result = {
         "outcome": report.outcome,
         "message": report.message,
@@ -728,15 +726,11 @@ def main(argv: list[str] | None = None) -> int:
         "bound_detail": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in bound.items()},
         "bound_at_90pct_margin": round(bound90, 3),
         "profiles_per_second": round(profiles / wall, 1) if wall > 0 else None,
-        "sync_cpu_seconds": round((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime), 2),
-        "standin_cpu_seconds": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
-        "helpers_cpu_seconds": round(helpers1 - helpers0, 2),
+        "sync_cpu_seconds": round(sync_cpu, 2),
+        "standin_cpu_seconds": round(standin_cpu, 2) if standin_cpu is not None else None,
+        "helpers_cpu_seconds": round(helpers_cpu, 2),
         "helper_processes": sampler.max_helpers,
-        "cpu_budget": cpu_budget(profiles, wall, [
-            (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime),
-            helpers1 - helpers0,
-            (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else 0.0,
-        ]),
+        "cpu_budget": cpu_budget(profiles, wall, [sync_cpu, helpers_cpu, standin_cpu or 0.0]),
         "sync_cpu_by_thread": sampler.threads.by_role(),
         "writer_on_cpu_and_runnable_seconds": sampler.threads.writer_sched,
         "peak_tree_rss_mb": round(sampler.tree_rss_kb / 1024, 1),

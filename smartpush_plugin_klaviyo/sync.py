@@ -470,21 +470,21 @@ class SyncRun:
         )
         if stream["kind"] != "members":
             return
-        remaining = tx.execute(
-            select(func.count()).select_from(stream_t).where(
+        # this run's streams of the group: key -> done (the one just updated included)
+        streams = dict(tx.execute(
+            select(stream_t.c.key, stream_t.c.done).where(
                 and_(
                     stream_t.c.store_id == self.store_id,
                     stream_t.c.run_id == self.run_id,
                     stream_t.c.group_id == stream["group_id"],
-                    stream_t.c.done == False,  # noqa: E712
                 )
             )
-        ).scalar_one()
-        if remaining == 0 and not self._scan_incomplete(tx, stream):
+        ).all())
+        if all(streams.values()) and not self._scan_incomplete(tx, stream, list(streams)):
             self.writer.finalize_group_scan(tx, stream["group_id"])
             self._mark_checked(tx, stream["group_id"])
 
-    def _scan_incomplete(self, tx, stream: dict) -> bool:
+    def _scan_incomplete(self, tx, stream: dict, keys: list[str]) -> bool:
         """Whether a finished *sliced* scan may have missed members; if so, one unsliced
         stream of the group is started (or a count check that decides it) and ``True``.
 
@@ -496,19 +496,9 @@ class SyncRun:
         when the scan found fewer than ``profile_count``), an unfiltered scan decides.
         """
         gid = stream["group_id"]
-        keys = list(tx.execute(
-            select(stream_t.c.key).where(
-                and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.group_id == gid)
-            )
-        ).scalars())
         if len(keys) < 2 or any(k.endswith(":all") for k in keys):
             return False  # unsliced: complete by construction
-        seen = tx.execute(
-            select(func.count()).select_from(membership_t).where(
-                and_(membership_t.c.store_id == self.store_id, membership_t.c.group_id == gid,
-                     membership_t.c.seen_gen == self.gen)
-            )
-        ).scalar_one()
+        seen = self.writer.member_count(tx, gid, seen_in_run=True)
         kind = stream["key"].split(":")[1]
         group = {"kind": kind, "group_id": gid}
         expected = self.expected_members.get(gid)

@@ -353,12 +353,12 @@ class PageWriter:
         )
         return len(stale)
 
-    def member_count(self, tx, group_id: str) -> int:
-        return tx.execute(
-            select(func.count()).select_from(membership_t).where(
-                and_(membership_t.c.store_id == self.store_id, membership_t.c.group_id == group_id)
-            )
-        ).scalar_one()
+    def member_count(self, tx, group_id: str, *, seen_in_run: bool = False) -> int:
+        """The members we hold for a group (``seen_in_run``: only those this run's scan saw)."""
+        where = [membership_t.c.store_id == self.store_id, membership_t.c.group_id == group_id]
+        if seen_in_run:
+            where.append(membership_t.c.seen_gen == self.gen)
+        return tx.execute(select(func.count()).select_from(membership_t).where(and_(*where))).scalar_one()
 
     def _uids_of(self, tx, klaviyo_ids: Sequence[str]) -> set[str]:
         uids: set[str] = set()
