@@ -14,7 +14,7 @@ What it does
 2. Starts the stand-in as a **separate process**
    (``python -m klaviyo_standin --profiles N --seed S --port 0 ...``; it prints the base
    URL, then the API key), so its CPU does not share this process's GIL.
-3. Builds a :class:`~hookspecs.devhost.host.DevHost` on a fresh SQLite file in a temp
+3. Builds a :class:`~smartpush_devhost.host.DevHost` on a fresh SQLite file in a temp
    dir (or ``--db URL``) with the settings ``KLAVIYO_BASE_URL``, ``KLAVIYO_TIME_SCALE``
    (= the stand-in's ``--clock-scale``) and ``KLAVIYO_RATE_LIMITS=off`` with
    ``--no-rate-limits``; then installs, authorizes and runs the full sync through the
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from hookspecs import get_plugin_manager
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
     from smartpush_plugin_klaviyo import service
     from smartpush_plugin_klaviyo.ratelimit import watch_budgets
     from smartpush_plugin_klaviyo.sync import SyncOptions

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     from klaviyo_standin.resources import profile_resource
 
     from hookspecs import get_plugin_manager
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
     from smartpush_plugin_klaviyo import mapping
     from smartpush_plugin_klaviyo.writer import PageWriter, RunCounters
 

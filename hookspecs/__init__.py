@@ -9,8 +9,8 @@
   :mod:`hookspecs.types`;
 * :func:`get_plugin_manager`, the one factory that builds the plugin manager.
 
-The :mod:`hookspecs.devhost` sub-package is a development host that implements those
-interfaces on SQLModel and drives the plugins from the ``smartpush`` CLI.
+The development host that implements those interfaces on SQLModel and drives the plugins
+from the ``smartpush`` CLI is a separate package, :mod:`smartpush_devhost`.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ def store_ids():
 @pytest.fixture
 def host(tmp_path, db_url):
     """A development host on a fresh database, reading no environment."""
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
 
     h = DevHost(db_url, tmp_path / "home", env={})
     yield h

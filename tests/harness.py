@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 
 from hookspecs import get_plugin_manager
-from hookspecs.devhost.host import DevHost
-from hookspecs.devhost.transfer import iter_export
+from smartpush_devhost.host import DevHost
+from smartpush_devhost.transfer import iter_export
 
 CLOCK_SCALE = 20.0
 

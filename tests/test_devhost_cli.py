@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from hookspecs import get_plugin_manager, hookimpl
-from hookspecs.devhost.cli import build_cli
+from smartpush_devhost.cli import build_cli
 from hookspecs.types import AuthorizeResult, IntegrationInfo, IntegrationState, IntegrationStatus, SyncReport
 
 
@@ -179,7 +179,7 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_settings_come_from_env_without_secrets(tmp_path):
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
 
     env = {"KLAVIYO_BASE_URL": "http://127.0.0.1:1", "KLAVIYO_TIME_SCALE": "5", "KLAVIYO_API_KEY": SECRET}
     host = DevHost(None, tmp_path, {"KLAVIYO_TIME_SCALE": "7"}, env=env)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from hookspecs.devhost.host import DevHost
+from smartpush_devhost.host import DevHost
 from hookspecs.interfaces import Contact, ContactStore, NewContact
 
 
@@ -158,7 +158,7 @@ def test_database_file_holds_no_plain_pii(tmp_path):
 
 WRITER = r"""
 import sys
-from hookspecs.devhost.host import DevHost
+from smartpush_devhost.host import DevHost
 from hookspecs.interfaces import NewContact
 url, home, store = sys.argv[1:4]
 host = DevHost(url, home, env={})

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from hookspecs.devhost.crypto import (
+from smartpush_devhost.crypto import (
     ACTIVE,
     RETIRED,
     DecryptionError,
@@ -23,7 +23,7 @@ from hookspecs.devhost.crypto import (
     MasterKey,
     load_keyring,
 )
-from hookspecs.devhost.host import DevHost
+from smartpush_devhost.host import DevHost
 from hookspecs.interfaces import NewContact
 
 

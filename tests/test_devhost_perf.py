@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from hookspecs.devhost.host import DevHost
+from smartpush_devhost.host import DevHost
 from hookspecs.interfaces import NewContact
 
 pytestmark = pytest.mark.slow

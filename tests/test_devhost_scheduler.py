@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 
 from hookspecs import get_plugin_manager, hookimpl
-from hookspecs.devhost.host import DevHost
-from hookspecs.devhost.models import utcnow
-from hookspecs.devhost.scheduler import run_loop
+from smartpush_devhost.host import DevHost
+from smartpush_devhost.models import utcnow
+from smartpush_devhost.scheduler import run_loop
 from hookspecs.types import SyncReport
 
 

@@ -30,9 +30,9 @@ from click.testing import CliRunner
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 from sqlalchemy import MetaData, select
 
-from hookspecs.devhost.cli import build_cli
-from hookspecs.devhost.host import DevHost
-from hookspecs.devhost.transfer import import_contacts
+from smartpush_devhost.cli import build_cli
+from smartpush_devhost.host import DevHost
+from smartpush_devhost.transfer import import_contacts
 from tests import expectations as exp
 from tests.conftest import using_postgres
 from tests.harness import CLOCK_SCALE, Harness, make_host

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, select, update
 
-from hookspecs.devhost.contacts import dialect_insert
-from hookspecs.devhost.models import jobs_t, utcnow
-from hookspecs.devhost.storage import SqlStorage
+from smartpush_devhost.contacts import dialect_insert
+from smartpush_devhost.models import jobs_t, utcnow
+from smartpush_devhost.storage import SqlStorage
 
 if TYPE_CHECKING:  # pragma: no cover
     import pluggy
 
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
 
 log = logging.getLogger(__name__)
 

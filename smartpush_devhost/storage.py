@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from hookspecs.devhost.models import HOST_TABLES
+from smartpush_devhost.models import HOST_TABLES
 from sqlmodel import SQLModel
 
 log = logging.getLogger(__name__)

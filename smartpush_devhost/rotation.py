@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, bindparam, func, select, update
 
-from hookspecs.devhost.contacts import contact_aad, email_index_value, phone_index_value
-from hookspecs.devhost.crypto import (
+from smartpush_devhost.contacts import contact_aad, email_index_value, phone_index_value
+from smartpush_devhost.crypto import (
     ACTIVE,
     PREVIOUS,
     RETIRED,
@@ -36,12 +36,12 @@ from hookspecs.devhost.crypto import (
     key_file_path,
     _now,
 )
-from hookspecs.devhost.models import contacts_t, secrets_t
-from hookspecs.devhost.secrets import secret_aad
-from hookspecs.devhost.storage import SqlStorage
+from smartpush_devhost.models import contacts_t, secrets_t
+from smartpush_devhost.secrets import secret_aad
+from smartpush_devhost.storage import SqlStorage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from hookspecs.devhost.transfer import export_contacts, import_contacts
+from smartpush_devhost.transfer import export_contacts, import_contacts
 
 
 def _cli():

@@ -18,10 +18,10 @@ import click
 import pluggy
 
 import hookspecs
-from hookspecs.devhost.crypto import CryptoError
-from hookspecs.devhost.formatting import format_report, format_status
-from hookspecs.devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
-from hookspecs.devhost.plan import PLAN_FEATURES
+from smartpush_devhost.crypto import CryptoError
+from smartpush_devhost.formatting import format_report, format_status
+from smartpush_devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
+from smartpush_devhost.plan import PLAN_FEATURES
 from hookspecs.interfaces import HostContext
 
 log = logging.getLogger("smartpush")
@@ -127,8 +127,8 @@ def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
 
     _add_integration_commands(root, pm)
     _add_admin_commands(root)
-    from hookspecs.devhost.cli_contacts import contacts_group
-    from hookspecs.devhost.cli_demo import demo_command
+    from smartpush_devhost.cli_contacts import contacts_group
+    from smartpush_devhost.cli_demo import demo_command
 
     root.add_command(contacts_group)
     root.add_command(demo_command)
@@ -272,7 +272,7 @@ def _add_admin_commands(root: click.Group) -> None:
     @keys.command("reencrypt")
     def keys_reencrypt():
         """Re-encrypt everything under the active key (after changing SMARTPUSH_MASTER_KEY)."""
-        from hookspecs.devhost.rotation import reencrypt_all
+        from smartpush_devhost.rotation import reencrypt_all
 
         host = _obj().host
         contacts, secrets = reencrypt_all(host.storage, host.keyring)
@@ -296,7 +296,7 @@ def _add_admin_commands(root: click.Group) -> None:
     @click.option("--once", is_flag=True, help="Run due jobs once and exit (the default).")
     def scheduler_run(loop, interval, once):
         """Run the due jobs of every store."""
-        from hookspecs.devhost.scheduler import run_loop
+        from smartpush_devhost.scheduler import run_loop
 
         cli = _obj()
 

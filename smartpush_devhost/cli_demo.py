@@ -11,9 +11,9 @@ import click
 from click.core import ParameterSource
 from sqlalchemy import func, select
 
-from hookspecs.devhost.formatting import format_report, mask_email, mask_name, mask_phone
-from hookspecs.devhost.host import DevHost
-from hookspecs.devhost.transfer import reflect_table, tag_counts_by_group
+from smartpush_devhost.formatting import format_report, mask_email, mask_name, mask_phone
+from smartpush_devhost.host import DevHost
+from smartpush_devhost.transfer import reflect_table, tag_counts_by_group
 
 INTEGRATION = "klaviyo"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from hookspecs.devhost.contacts import dialect_insert
-from hookspecs.devhost.models import plans_t, utcnow
-from hookspecs.devhost.storage import SqlStorage
+from smartpush_devhost.contacts import dialect_insert
+from smartpush_devhost.models import plans_t, utcnow
+from smartpush_devhost.storage import SqlStorage
 
 PLAN_FEATURES: dict[str, frozenset[str]] = {
     "free": frozenset(),

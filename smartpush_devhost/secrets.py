@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import and_, delete, select
 
-from hookspecs.devhost.contacts import dialect_insert
-from hookspecs.devhost.crypto import Keyring
-from hookspecs.devhost.models import secrets_t, utcnow
-from hookspecs.devhost.storage import SqlStorage
+from smartpush_devhost.contacts import dialect_insert
+from smartpush_devhost.crypto import Keyring
+from smartpush_devhost.models import secrets_t, utcnow
+from smartpush_devhost.storage import SqlStorage
 
 
 def secret_aad(store_id: str, name: str) -> bytes:

@@ -20,8 +20,8 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import MetaData, Table, and_, inspect, select
 
-from hookspecs.devhost.contacts import CHUNK, SqlContactStore
-from hookspecs.devhost.storage import SqlStorage
+from smartpush_devhost.contacts import CHUNK, SqlContactStore
+from smartpush_devhost.storage import SqlStorage
 from hookspecs.interfaces import Contact, NewContact, Tx
 
 PROFILE_MAP_TABLE = "klaviyo_profile_map"
@@ -239,7 +239,7 @@ def import_contacts(storage: SqlStorage, contacts: SqlContactStore, lines: Itera
 
 def _uids_elsewhere(tx: Tx, contacts: SqlContactStore, uids: list[str]) -> set[str]:
     """Which of ``uids`` exist in any store (uids are globally unique)."""
-    from hookspecs.devhost.models import contacts_t
+    from smartpush_devhost.models import contacts_t
 
     found: set[str] = set()
     for start in range(0, len(uids), CHUNK):

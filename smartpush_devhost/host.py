@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from hookspecs.devhost.contacts import SqlContactStore, dialect_insert
-from hookspecs.devhost.crypto import Keyring, load_keyring
-from hookspecs.devhost.models import stores_t, utcnow
-from hookspecs.devhost.plan import SqlPlan
-from hookspecs.devhost.scheduler import JobRun, SqlScheduler, run_due
-from hookspecs.devhost.secrets import SqlSecretStore
-from hookspecs.devhost.storage import SqlStorage
+from smartpush_devhost.contacts import SqlContactStore, dialect_insert
+from smartpush_devhost.crypto import Keyring, load_keyring
+from smartpush_devhost.models import stores_t, utcnow
+from smartpush_devhost.plan import SqlPlan
+from smartpush_devhost.scheduler import JobRun, SqlScheduler, run_due
+from smartpush_devhost.secrets import SqlSecretStore
+from smartpush_devhost.storage import SqlStorage
 from hookspecs.interfaces import HostContext
 
 log = logging.getLogger(__name__)
@@ -158,12 +158,12 @@ class DevHost:
         return pm.hook.smartpush_sync(integration=integration, host=self.context(store_id), mode=mode)
 
     def run_due(self, pm, *, now=None, store: str | None = None, worker_id: str | None = None) -> list[JobRun]:
-        """Run the due scheduled jobs; see :func:`hookspecs.devhost.scheduler.run_due`."""
+        """Run the due scheduled jobs; see :func:`smartpush_devhost.scheduler.run_due`."""
         return run_due(self, pm, now=now, store=store, worker_id=worker_id)
 
     def rotate_keys(self, *, batch_size: int = 500):
-        """Rotate the master key and re-encrypt everything; see :mod:`hookspecs.devhost.rotation`."""
-        from hookspecs.devhost.rotation import rotate_keys
+        """Rotate the master key and re-encrypt everything; see :mod:`smartpush_devhost.rotation`."""
+        from smartpush_devhost.rotation import rotate_keys
 
         return rotate_keys(self, batch_size=batch_size)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
-from hookspecs.devhost.crypto import Keyring
-from hookspecs.devhost.ids import new_uids
-from hookspecs.devhost.models import contacts_t, tags_t, utcnow
+from smartpush_devhost.crypto import Keyring
+from smartpush_devhost.ids import new_uids
+from smartpush_devhost.models import contacts_t, tags_t, utcnow
 from hookspecs.fastsql import FastStatement, InListStatement, bind_value
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 
