@@ -90,6 +90,21 @@ class SyncReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class SyncProgress(BaseModel):
+    """Where a running sync is, for a host to show while it runs (no PII)."""
+
+    phase: str
+    """``probe``, ``groups``, ``profiles_and_memberships``, ``checking_groups``, ``sweep``, ``finishing``."""
+    done: int | None = None
+    total: int | None = None
+    """``None`` when the total is not known yet."""
+    unit: str = ""
+    """What ``done``/``total`` count: ``groups``, ``profiles``, ``pages``."""
+    message: str = ""
+    """One line for people, e.g. ``checking groups: 130 of 224``."""
+    updated_at: datetime | None = None
+
+
 class IntegrationStatus(BaseModel):
     """The status of one integration in one store, as the merchant sees it."""
 
@@ -108,4 +123,9 @@ class IntegrationStatus(BaseModel):
     last_successful_sync_at: datetime | None = None
     next_sync_at: datetime | None = None
     counts: dict[str, int] = Field(default_factory=dict)
+    progress: SyncProgress | None = None
+    """The running sync's progress, ``None`` when no sync runs."""
+    last_run: dict[str, Any] | None = None
+    """Figures of the last finished run: ``mode``, ``outcome``, ``duration_s``, ``requests``,
+    ``429``, ``removals`` ... (``None`` before the first)."""
     extra: dict[str, Any] = Field(default_factory=dict)
