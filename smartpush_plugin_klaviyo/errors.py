@@ -10,6 +10,7 @@
     │   ├── TransientError           5xx/524, timeouts, resets, HTML 403, retries exhausted
     │   ├── BadRequestError          400 (invalid_cursor)
     │   ├── NotFoundError            404
+    │   ├── PaginationError          a ``links.next`` chain that repeats a cursor or never ends
     │   └── ForeignURLError          a ``links.next`` pointing outside the configured base URL
     ├── SyncCancelled                the sync was asked to stop (uninstall, host request)
     ├── LeaseUnavailable             another worker holds the store's sync lease
@@ -35,6 +36,7 @@ __all__ = [
     "BadRequestError",
     "NotFoundError",
     "ForeignURLError",
+    "PaginationError",
     "SyncCancelled",
     "LeaseUnavailable",
     "ConfigurationError",
@@ -233,3 +235,10 @@ class ForeignURLError(KlaviyoAPIError):
     so the key is never sent anywhere else."""
 
     default_message = "Refused to follow a URL outside the Klaviyo base URL"
+
+
+class PaginationError(KlaviyoAPIError):
+    """A ``links.next`` chain that repeats a cursor, never ends, or whose cursor Klaviyo
+    kept refusing after every restart. Not retried: the same chain would do it again."""
+
+    default_message = "Klaviyo's pagination did not end"

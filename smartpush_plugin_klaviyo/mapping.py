@@ -91,6 +91,8 @@ class MappedProfile:
     properties: dict[str, Any] = field(default_factory=dict)
     """Every key starts with ``kla_``."""
     updated: datetime | None = None
+    created: datetime | None = None
+    """Klaviyo's ``created``: the rolling sweep covers ranges of it."""
     warnings: list[str] = field(default_factory=list)
     """Machine-ish strings without PII (``invalid_phone``, ``property_collision:locale`` ...)."""
 
@@ -603,6 +605,8 @@ def _map(resource: dict, kid: str) -> MappedProfile | Skip:
         updated = parse_datetime(raw)
         if updated is None:
             warnings.append("malformed: updated")
+    raw = attrs.get("created")
+    created = parse_datetime(raw) if raw is not None else None
 
     # -- subscriptions
     email_status = sms_status = None
@@ -657,6 +661,7 @@ def _map(resource: dict, kid: str) -> MappedProfile | Skip:
         sms_status=sms_status,
         properties=props,
         updated=updated,
+        created=created,
         warnings=warnings,
     )
 
@@ -790,10 +795,12 @@ def _merge_channel(
         # make the address sendable.
         notes.append(f"{channel}_status_not_applied:suppressed_elsewhere")
         return existing_status
-    if primary and mirrored:
+    if primary and mirrored and existing_status is not None:
         if _evidence(old_props, keys) == _evidence(mapped_props, keys):
             # Klaviyo's consent did not change since it was last mirrored: SmartPush's own
             # later changes (an unsubscribe in SmartPush) must not be reverted by stale data.
+            # An unknown status is still filled: the evidence may have been mirrored while
+            # the profile had no address on this channel (a phone number that came later).
             return existing_status
     # Consent precedence (the product rule): only a Klaviyo SUBSCRIBED overwrites a status
     # SmartPush holds; UNSUBSCRIBED / NEVER_SUBSCRIBED only fill an unknown one.

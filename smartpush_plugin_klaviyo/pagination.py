@@ -11,15 +11,17 @@ engine only sends whole seconds, the one datetime form of the spec's own filter 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+from smartpush_plugin_klaviyo.errors import BadRequestError, PaginationError
+
 __all__ = [
     "Page",
     "iter_pages",
-    "fetch_page",
+    "paginate",
     "format_value",
     "format_datetime",
     "greater_than",
@@ -170,15 +172,84 @@ class Page:
         )
 
 
-def fetch_page(client, path_or_url: str, params: Mapping[str, Any] | None = None) -> Page:
-    """One page: ``path_or_url`` is an API path (with ``params``) or a saved ``links.next``."""
-    if path_or_url.startswith("/api/") and not params and "?" in path_or_url:
-        return Page.from_document(client.get_url(path_or_url))
-    if path_or_url.startswith("/"):
-        return Page.from_document(client.get(path_or_url, dict(params) if params else None))
-    if params:
-        raise ValueError("params cannot be combined with a full URL")
-    return Page.from_document(client.get_url(path_or_url))
+Restart = Callable[[], "tuple[str, Mapping[str, Any] | None]"]
+"""Gives the first request (path, params) a chain restarts from after Klaviyo refused its
+cursor: from the last value delivered when the read is sorted, else from scratch."""
+
+MAX_RESTARTS = 3
+"""Refused cursors in a row (no page delivered in between) before a chain gives up."""
+
+
+def paginate(
+    client,
+    path: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    *,
+    start_url: str | None = None,
+    restart: Restart | None = None,
+    decode=None,
+    max_pages: int | None = None,
+    on_restart: Callable[[], None] | None = None,
+) -> Iterator[Any]:
+    """Every page of one read: the one paginator every read of the plugin goes through.
+
+    Starts from ``path`` + ``params`` (or from ``start_url``, a saved ``links.next``) and
+    follows ``links.next`` until it is absent, holding one page at a time. Yields
+    :class:`Page` objects, or what ``decode`` makes of each body (it must have a
+    ``next_url``; see :class:`smartpush_plugin_klaviyo.profile_pages.ProfilePage`).
+
+    * A cursor Klaviyo refuses (400 on ``page[cursor]``: cursors expire) restarts the
+      read from ``restart()`` (default: the first request again, so the caller must
+      tolerate pages it has seen: every reader dedupes by id); ``on_restart`` is told.
+      :data:`MAX_RESTARTS` refusals in a row without a page in between end the read with
+      :class:`PaginationError`.
+    * A chain that repeats a ``links.next`` (a loop), or goes past ``max_pages``, ends
+      with :class:`PaginationError` instead of running forever.
+    """
+    if restart is None:
+        if path is None:
+            raise ValueError("a read from a saved cursor needs restart=")
+        first = (path, dict(params) if params else None)
+        restart = lambda: first  # noqa: E731
+    url = start_url
+    request = None if url else (path, dict(params) if params else None)
+    seen: set[str] = set()
+    refusals = pages = 0
+    while True:
+        try:
+            if url:
+                body = client.get_url(url, decode=decode) if decode else client.get_url(url)
+            else:
+                p, q = request
+                body = client.get(p, q, decode=decode) if decode else client.get(p, q)
+        except BadRequestError as exc:
+            if not (url and exc.invalid_cursor):
+                raise
+            refusals += 1
+            if refusals > MAX_RESTARTS:
+                raise PaginationError(
+                    f"Klaviyo refused the cursor {refusals} times in a row", endpoint=exc.endpoint, status=400
+                ) from None
+            if on_restart is not None:
+                on_restart()
+            url, request, seen = None, restart(), set()
+            continue
+        page = body if decode else Page.from_document(body)
+        body = None
+        refusals = 0
+        pages += 1
+        next_url = page.next_url
+        if next_url:
+            if next_url in seen or next_url == url:
+                raise PaginationError("Klaviyo's links.next repeated a cursor (a pagination loop)")
+            seen.add(next_url)
+            if max_pages is not None and pages >= max_pages:
+                raise PaginationError(f"Klaviyo's links.next did not end after {pages} pages")
+        yield page
+        if not next_url:
+            return
+        page = None  # drop the previous page before fetching the next
+        url = next_url
 
 
 def iter_pages(
@@ -188,16 +259,6 @@ def iter_pages(
     *,
     start_url: str | None = None,
 ) -> Iterator[Page]:
-    """Every page from ``path`` + ``params`` (or from ``start_url``, a saved
-    ``links.next``) until ``links.next`` is absent. One page in memory at a time."""
-    if start_url:
-        page = Page.from_document(client.get_url(start_url))
-    else:
-        page = Page.from_document(client.get(path, dict(params) if params else None))
-    while True:
-        next_url = page.next_url
-        yield page
-        if not next_url:
-            return
-        page = None  # drop the previous page before fetching the next
-        page = Page.from_document(client.get_url(next_url))
+    """Every page from ``path`` + ``params`` (or from ``start_url``): :func:`paginate`
+    restarting a refused cursor from the first request."""
+    return paginate(client, path, params, start_url=start_url)

@@ -128,6 +128,9 @@ _INT_SETTINGS = (  # host setting, SyncOptions field, smallest value allowed
     ("KLAVIYO_MAP_PROCESSES_AFTER", "map_processes_after", 0),
     ("KLAVIYO_MEMBERS_PER_SLICE", "members_per_slice", 1),
     ("KLAVIYO_RESCAN_EVERY_RUNS", "rescan_every_runs", 1),
+    ("KLAVIYO_SMALL_GROUP_MEMBERS", "small_group_members", 0),
+    ("KLAVIYO_COUNT_CHECKS_PER_RUN", "count_checks_per_run", 0),
+    ("KLAVIYO_SWEEP_RUNS", "sweep_runs", 1),
 )
 
 

@@ -40,6 +40,12 @@ class KlaviyoIntegration(SQLModel, table=True):
     consecutive_errors: int = 0
     counts_json: str = "{}"
     installed_at: Optional[datetime] = None
+    progress_json: Optional[str] = None
+    """The running sync's progress (:class:`hookspecs.types.SyncProgress` as JSON)."""
+    sweep_cycle: Optional[int] = None
+    """The rolling profile sweep (daily runs): which pass over the account this is."""
+    sweep_position: Optional[str] = None
+    """Where the sweep's next portion starts (a ``created`` value; ``None``: at the start)."""
 
 
 class KlaviyoRun(SQLModel, table=True):
@@ -96,6 +102,8 @@ class KlaviyoProfileMap(SQLModel, table=True):
     """Comma-separated standard fields this plugin filled and may therefore update."""
     profile_updated: Optional[str] = None
     last_seen_run: Optional[str] = None
+    created: Optional[str] = None
+    """The profile's ``created`` (fixed-width :func:`timeutil.format_iso`, so string order is time order): the rolling sweep covers ranges of it."""
 
 
 class KlaviyoGroup(SQLModel, table=True):
@@ -190,5 +198,24 @@ lease_t = KlaviyoLease.__table__
 
 
 def create_tables(engine) -> None:
-    """Create the plugin's tables if they do not exist (idempotent)."""
+    """Create the plugin's tables if they do not exist, and add the nullable columns a
+    newer version introduced to tables an older one created (idempotent)."""
     SQLModel.metadata.create_all(engine, tables=ALL_TABLES)
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine) -> None:
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    statements = []
+    for table in ALL_TABLES:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                statements.append(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}')
+    if statements:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))

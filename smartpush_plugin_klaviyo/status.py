@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 
 from hookspecs.interfaces import HostContext
-from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason
-from smartpush_plugin_klaviyo.state import integration_t, skipped_t, group_t, profile_map_t
+from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason, SyncProgress
+from smartpush_plugin_klaviyo.state import group_t, integration_t, profile_map_t, run_t, skipped_t
 
 INTEGRATION = "klaviyo"
 SECRET_NAME = "klaviyo_private_api_key"
@@ -53,6 +53,12 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
         mapped = tx.execute(select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == ctx.store_id)).scalar_one()
         groups = tx.execute(select(func.count()).select_from(group_t).where(group_t.c.store_id == ctx.store_id)).scalar_one()
         contacts = ctx.contacts.count(tx)
+        last = tx.execute(
+            select(run_t.c.mode, run_t.c.outcome, run_t.c.started_at, run_t.c.finished_at, run_t.c.report_json)
+            .where(and_(run_t.c.store_id == ctx.store_id, run_t.c.finished_at.is_not(None)))
+            .order_by(run_t.c.seq.desc())
+            .limit(1)
+        ).first()
     has_key = ctx.secrets.get(SECRET_NAME) is not None
     state = IntegrationState(row.state)
     if not row.installed or (not has_key and state != IntegrationState.SYNC_PAUSED):
@@ -69,6 +75,8 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
         last_sync_started_at=row.last_sync_started_at,
         last_successful_sync_at=row.last_success_at,
         next_sync_at=ctx.scheduler.next_run(INTEGRATION) if row.installed else None,
+        progress=_progress(row),
+        last_run=_last_run(last),
         counts={
             "contacts": contacts,
             "klaviyo_profiles_mapped": mapped,
@@ -83,3 +91,39 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
             "profiles_watermark": row.profiles_watermark.isoformat() if row.profiles_watermark else None,
         },
     )
+
+
+def _progress(row) -> SyncProgress | None:
+    """The running (or interrupted) run's progress, as the sync last saved it."""
+    if row.current_run_id is None or not row.progress_json:
+        return None
+    try:
+        return SyncProgress.model_validate_json(row.progress_json)
+    except ValueError:
+        return None
+
+
+def _last_run(run) -> dict | None:
+    """Figures of the last finished run: what the daily job did, for the status page."""
+    if run is None:
+        return None
+    try:
+        report = json.loads(run.report_json or "{}")
+    except ValueError:
+        report = {}
+    counts = report.get("counts") or {}
+    requests = report.get("requests") or {}
+    duration = (run.finished_at - run.started_at).total_seconds() if run.started_at and run.finished_at else None
+    return {
+        "mode": run.mode,
+        "outcome": run.outcome,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "duration_s": round(duration, 1) if duration is not None else None,
+        "requests": sum(v for k, v in requests.items() if k.startswith("GET ")),
+        "429": requests.get("429", 0),
+        "profiles_read": counts.get("profiles_seen", 0),
+        "removals": counts.get("memberships_removed", 0),
+        "profiles_deleted_in_klaviyo": counts.get("profiles_deleted_in_klaviyo", 0),
+        "groups_rescanned": counts.get("groups_rescanned", 0),
+        "groups_unchanged": counts.get("groups_unchanged", 0),
+    }

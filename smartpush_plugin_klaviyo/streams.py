@@ -53,6 +53,36 @@ def profile_request(lo: str | None, hi: str | None, *, after: str | None = None)
     return PROFILES_PATH, params
 
 
+SUPPRESSION_FIELDS = {
+    "email": "subscriptions.email.marketing.suppression.timestamp",
+    "list": "subscriptions.email.marketing.list_suppressions.timestamp",
+}
+"""``suppressed:<which>`` streams: profiles with a global (``email``) or list suppression
+newer than the last run. Klaviyo does not promise that a suppression moves ``updated``;
+these filters (and sorts) are the spec's own for ``GET /api/profiles``."""
+
+
+def suppression_request(which: str, since: str | None) -> tuple[str, dict]:
+    """Profiles suppressed (globally, or from a list) after ``since``, oldest first."""
+    field_name = SUPPRESSION_FIELDS[which]
+    params: dict = {"additional-fields[profile]": "subscriptions", "page[size]": PAGE_SIZE, "sort": field_name}
+    start = parse_iso(since)
+    if start is not None:
+        params["filter"] = greater_than(field_name, floor_second(start - WINDOW_OVERLAP))
+    return PROFILES_PATH, params
+
+
+def sweep_request(position: str | None, *, after: str | None = None) -> tuple[str, dict]:
+    """The rolling sweep's read: every profile created at or after ``position`` (``after``:
+    restart from a value already delivered), oldest first. ``created`` only has the strict
+    filters, so the bound is moved back a second (the writer dedupes by id)."""
+    start = parse_iso(after) or parse_iso(position)
+    params: dict = {"additional-fields[profile]": "subscriptions", "page[size]": PAGE_SIZE, "sort": "created"}
+    if start is not None:
+        params["filter"] = greater_than("created", floor_second(start) - WINDOW_OVERLAP)
+    return PROFILES_PATH, params
+
+
 def member_request(kind: str, group_id: str, lo: str | None, hi: str | None) -> tuple[str, dict]:
     """The first request of a membership slice on ``joined_group_at`` in ``[lo, hi)``
     (both rounded down to a whole second: adjacent slices still meet exactly)."""

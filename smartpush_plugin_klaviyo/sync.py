@@ -26,6 +26,7 @@ import queue
 import threading
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,12 +38,11 @@ from hookspecs.types import SkippedRecord, SyncReport
 from smartpush_plugin_klaviyo import groups as groups_mod
 from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import (
-    BadRequestError,
     KlaviyoPluginError,
     SyncCancelled,
 )
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
-from smartpush_plugin_klaviyo.pagination import any_of, fetch_page, iter_pages
+from smartpush_plugin_klaviyo.pagination import any_of, paginate
 from smartpush_plugin_klaviyo.profile_pages import ProfilePageDecoder, default_processes
 from smartpush_plugin_klaviyo.state import (
     group_t,
@@ -54,11 +54,14 @@ from smartpush_plugin_klaviyo.state import (
 )
 from smartpush_plugin_klaviyo.streams import (
     PROFILES_PATH,
+    SUPPRESSION_FIELDS,
     member_request,
     profile_request,
+    suppression_request,
+    sweep_request,
     time_slices,
 )
-from smartpush_plugin_klaviyo.timeutil import format_iso, parse_iso, utcnow
+from smartpush_plugin_klaviyo.timeutil import floor_second, format_iso, parse_iso, utcnow
 from smartpush_plugin_klaviyo.writer import PageWriter, RunCounters
 
 log = logging.getLogger(__name__)
@@ -83,10 +86,25 @@ class SyncOptions:
     first_scan_slices: int = 6
     """Slices of a group scanned for the first time (its size is not known yet)."""
     rescan_every_runs: int = 7
-    """An incremental run rescans a group whose last complete scan is this many runs old,
-    whatever ``profile_count`` says: the spec promises nothing about that count (it is
-    just a nullable integer), so a count that lags or counts differently can hide a
-    removal for at most this many runs."""
+    """Every group is rescanned completely at least once in this many incremental runs
+    (large groups in turns spread evenly over the runs), whatever ``profile_count`` says:
+    the spec promises nothing about that count (it is just a nullable integer), so a
+    removal is found within this many runs at most."""
+    small_group_members: int = 500
+    """An incremental run rescans a group of at most this many members outright (a few
+    requests on the 750/min membership endpoints) instead of checking its joins and its
+    ``profile_count`` (a 15/min budget stacked on the endpoint's)."""
+    unsliced_scan_max: int = 20_000
+    """Incremental rescans of groups up to this size are one unfiltered read (complete by
+    construction); bigger ones are sliced on ``joined_group_at`` to run in parallel."""
+    count_checks_per_run: int = 10
+    """``profile_count`` requests an incremental run may make (at 1/s and 15/min, ten take
+    about ten seconds): large groups not due for their rescan are count-checked, stalest
+    first, so a removal from them is usually found the next day."""
+    sweep_runs: int = 7
+    """Incremental runs read the account's profiles once every this many runs, a portion
+    per run sorted by ``created``: deleted and merged profiles are unmapped, and consent
+    changes that did not move ``updated`` arrive, within this many runs."""
     queue_pages: int = 16
     """Pages buffered between fetchers and the writer (bounds memory)."""
     map_processes: int | None = None
@@ -99,6 +117,15 @@ class SyncOptions:
     lease_owner: str = field(default_factory=lease.new_owner_id)
     stop_event: threading.Event | None = None
     """Set by the host to stop a run early (the run stays resumable)."""
+
+
+def _last_created(mapped: list) -> str | None:
+    """The ``created`` of a page's last mapped profile that has one (the sweep's position)."""
+    for m in reversed(mapped):
+        created = getattr(m, "created", None)
+        if created is not None:
+            return format_iso(created)
+    return None
 
 
 def _interleave(streams: list[dict]) -> list[dict]:
@@ -162,6 +189,10 @@ class SyncRun:
         self.aborted: BaseException | None = None
         self.expected_members: dict[str, int] = {}
         """group id -> the ``profile_count`` a rescan of this run was started with."""
+        self.count_lock = threading.Lock()
+        self.counts_left = options.count_checks_per_run
+        self.progress = {"groups_total": 0, "groups_done": 0}
+        self._progress_at = 0.0
 
     # ------------------------------------------------------------------ entry
     def execute(self, requested_mode: str) -> SyncReport:
@@ -182,6 +213,8 @@ class SyncRun:
             self._set_phase("finishing")
             if self.mode == "full":
                 self._confirm_deleted_profiles()
+            else:
+                self._confirm_swept_profiles()
             self._finish_run(run)
         finally:
             self.finished.set()
@@ -218,11 +251,19 @@ class SyncRun:
             "phase": "starting",
             "report_json": "{}",
         }
+        extra: list[dict] = []
         if mode == "full":
             windows = time_slices(oldest, newest, self.options.profile_windows)
         else:
             since = run["profiles_since"]
             windows = [(format_iso(since) if since else None, None)]
+            # Consent that changed without moving ``updated``: new suppressions now, the
+            # rest (re-subscribes, SMS) through the rolling sweep within sweep_runs runs.
+            extra = [
+                {"key": f"suppressed:{which}", "lo": format_iso(since) if since else None, "hi": None}
+                for which in SUPPRESSION_FIELDS
+            ]
+            extra.append({"key": "sweep", "lo": integ.sweep_position, "hi": None})
         with self.ctx.storage.transaction() as tx:
             self._check_epoch(tx)
             tx.execute(insert(run_t).values(**run))
@@ -238,7 +279,8 @@ class SyncRun:
                         "hi": hi,
                     }
                     for i, (lo, hi) in enumerate(windows)
-                ],
+                ]
+                + [{"store_id": self.store_id, "run_id": run["run_id"], "kind": "profiles", **e} for e in extra],
             )
             tx.execute(
                 update(integration_t)
@@ -255,15 +297,14 @@ class SyncRun:
         A page may be empty and still have a ``links.next`` (the spec promises no page
         size, only a maximum): a few pages are followed to find the first record.
         """
-        page = fetch_page(self.client, PROFILES_PATH, {"sort": sort, "page[size]": 1, "fields[profile]": "updated"})
-        for _ in range(self.PROBE_MAX_PAGES):
+        pages = paginate(self.client, PROFILES_PATH, {"sort": sort, "page[size]": 1, "fields[profile]": "updated"})
+        for n, page in enumerate(pages, 1):
             first = next((r for r in page.data if isinstance(r, dict)), None)
             if first is not None:
                 attrs = first.get("attributes")
                 return parse_iso(attrs.get("updated") if isinstance(attrs, dict) else None)
-            if not page.next_url:
-                return None
-            page = fetch_page(self.client, page.next_url)
+            if n >= self.PROBE_MAX_PAGES:
+                break
         return None
 
     # ------------------------------------------------------------- groups
@@ -295,9 +336,12 @@ class SyncRun:
             to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]]
             new_rows: list[dict] = []
             finished: list[str] = []
-            for g in groups:
-                if g["checked_run"] == self.run_id:
-                    continue  # verified earlier in this (resumed) run
+            checks: list[dict] = []
+            pending_groups = [g for g in groups if g["checked_run"] != self.run_id]
+            self.progress["groups_done"] = len(groups) - len(pending_groups)
+            self.progress["groups_total"] = len(groups)
+            self.sweep_quota = self._sweep_quota()
+            for g in pending_groups:
                 existing = streams_by_group.get(g["group_id"])
                 if existing:
                     pending = [s for s in existing if not s["done"]]
@@ -305,18 +349,18 @@ class SyncRun:
                         to_fetch.extend(pending)
                     else:
                         finished.append(g["group_id"])  # scanned before the crash, not finalized
-                elif (
-                    self.mode == "full"
-                    or g["scanned_gen"] == 0
-                    or self.gen - g["scanned_gen"] >= self.options.rescan_every_runs
-                ):
-                    rows = self._scan_streams(g)
+                    continue
+                rows = self._plan_group(g)
+                if rows is None:
+                    checks.append(g)
+                else:
                     new_rows.extend(rows)
                     to_fetch.extend(rows)
-                else:
-                    # Even an inactive segment is checked: it no longer gains members, but
-                    # deleted and merged profiles still leave it. The check is cheap.
-                    self._submit(self._check_group, g)
+            # Large groups not due for a rescan: recent joins, then (while the run's count
+            # budget lasts) profile_count, stalest first. Even an inactive segment is
+            # checked: it gains nobody, but deleted and merged profiles still leave it.
+            for g in sorted(checks, key=lambda g: (g["scanned_gen"], g["group_id"])):
+                self._submit(self._check_group, g)
             if new_rows or finished:
                 # Applied here, before any fetcher starts: nothing else writes yet.
                 with self.ctx.storage.transaction() as tx:
@@ -434,7 +478,7 @@ class SyncRun:
                         if kind == "page":
                             self._apply_page(tx, key, payload)
                         elif kind == "stream_done":
-                            self._stream_done(tx, key)
+                            self._stream_done(tx, key, payload)
                         elif kind == "group_checked":
                             self._mark_checked(tx, key)
                         elif kind == "joins":
@@ -447,6 +491,8 @@ class SyncRun:
             if barrier is not None:
                 barrier.set()
             trimmer.maybe_trim()
+            if time.monotonic() - self._progress_at >= 1.0:
+                self._save_progress()
 
     def _apply_page(self, tx, stream: dict, page: dict) -> None:
         if stream["kind"] == "profiles":
@@ -462,11 +508,14 @@ class SyncRun:
              "b_next": page["next_url"], "b_n": n, "b_last": last},
         )
 
-    def _stream_done(self, tx, stream: dict) -> None:
+    def _stream_done(self, tx, stream: dict, end: dict | None = None) -> None:
+        values = {"done": True, "next_url": None}
+        if stream["key"] == "sweep":
+            values["hi"] = (end or {}).get("hi")  # where this run's portion ended; None: the end
         tx.execute(
             update(stream_t)
             .where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == stream["key"]))
-            .values(done=True, next_url=None)
+            .values(**values)
         )
         if stream["kind"] != "members":
             return
@@ -516,8 +565,9 @@ class SyncRun:
         return True
 
     def _verify_scan(self, group: dict, seen: int) -> None:
-        """A sliced scan would remove members: is ``profile_count`` consistent with it?"""
-        count, _processing = self._group_count(group)
+        """A sliced scan would remove members: is ``profile_count`` consistent with it?
+        (Without count budget left: the unfiltered read decides.)"""
+        count = self._group_count(group)[0] if self._take_count() else None
         if count is not None and count <= seen:
             self._enqueue(("finalize_scan", group["group_id"], None))
             return
@@ -525,6 +575,41 @@ class SyncRun:
         row = self._unsliced_stream(group)
         self._enqueue(("create_streams", None, [dict(row)]))
         self._submit(self._fetch_stream, row)
+
+    def _plan_group(self, group: dict) -> list[dict] | None:
+        """What this run does to verify one group's membership: the streams of a complete
+        scan, or ``None`` for a joins (and maybe count) check.
+
+        Full runs and never-scanned groups are scanned. In an incremental run a small
+        group is rescanned outright (a few requests on the 750/min endpoint, cheaper than
+        one request on the 15/min ``profile_count`` budget, and exact); a large one is
+        rescanned in its turn, once every ``rescan_every_runs`` runs (turns spread evenly
+        by a hash of its id, so each run rescans about 1/7 of the large groups), and in
+        the other runs only checked.
+        """
+        if self.mode == "full" or group["scanned_gen"] == 0:
+            return self._scan_streams(group)
+        size = group["member_count"] or 0
+        every = self.options.rescan_every_runs
+        due = (
+            size <= self.options.small_group_members
+            or self.gen - group["scanned_gen"] >= every
+            or (self.gen + zlib.crc32(group["group_id"].encode())) % every == 0
+        )
+        if not due:
+            return None
+        self.counters.counts["groups_rescanned"] += 1
+        if size <= self.options.unsliced_scan_max:
+            return [self._unsliced_stream(group)]
+        return self._scan_streams(group)
+
+    def _take_count(self) -> bool:
+        """Whether the run may still ask a ``profile_count`` (its per-run budget)."""
+        with self.count_lock:
+            if self.counts_left <= 0:
+                return False
+            self.counts_left -= 1
+            return True
 
     def _unsliced_stream(self, group: dict) -> dict:
         return {
@@ -535,6 +620,7 @@ class SyncRun:
         }
 
     def _mark_checked(self, tx, group_id: str) -> None:
+        self.progress["groups_done"] += 1
         tx.execute(
             update(group_t)
             .where(and_(group_t.c.store_id == self.store_id, group_t.c.group_id == group_id))
@@ -544,48 +630,69 @@ class SyncRun:
     # ----------------------------------------------------------- fetchers
     def _fetch_stream(self, stream: dict) -> None:
         """Fetch one stream page by page from its checkpoint (fetcher thread)."""
-        url = stream["next_url"] if stream["started"] else None
-        last_value = stream["last_value"]
-        restarts = 0
-        while True:
+        key = stream["key"]
+        # Profile pages are decoded and mapped by the decoder (maybe in a helper
+        # process), not by the writer: the writer is the one serial stage of the run.
+        decode = self.decoder if stream["kind"] == "profiles" else None
+        last = {"value": stream["last_value"]}
+
+        def restart() -> tuple[str, dict]:
+            # Klaviyo refused the saved cursor (they expire): from the last value delivered.
+            log.warning("store %s: stream %s cursor refused; restarting from its watermark", self.store_id, key)
+            self.counters.counts["cursor_restarts"] += 1
+            return self._first_request(stream, last["value"])
+
+        start_url = stream["next_url"] if stream["started"] else None
+        path, params = (None, None) if start_url else self._first_request(stream, last["value"])
+        quota = self.sweep_quota if key == "sweep" else None
+        records, threshold = stream["records"], None
+        for page in paginate(self.client, path, params, start_url=start_url, restart=restart, decode=decode):
             if self.stop.is_set():
                 raise _Stop()
-            # Profile pages are decoded and mapped by the decoder (maybe in a helper
-            # process), not by the writer: the writer is the one serial stage of the run.
-            decode = self.decoder if stream["kind"] == "profiles" else None
-            try:
-                if url:
-                    body = self.client.get_url(url, decode=decode)
-                else:
-                    path, params = self._first_request(stream, last_value)
-                    body = self.client.get(path, params, decode=decode)
-            except BadRequestError as exc:
-                if url and exc.invalid_cursor and restarts < 3:
-                    # Klaviyo refused the saved cursor: restart from the last value delivered.
-                    restarts += 1
-                    log.warning("store %s: stream %s cursor refused; restarting from its watermark", self.store_id, stream["key"])
-                    url = None
-                    continue
-                raise
             if decode is not None:
-                if body.last:
-                    last_value = body.last
-                next_url = body.next_url
-                payload = {"mapped": body.mapped, "last": body.last, "next_url": next_url}
+                value = _last_created(page.mapped) if key == "sweep" else (page.last if key.startswith("profiles:") else None)
+                if value:
+                    last["value"] = value
+                payload = {"mapped": page.mapped, "last": value, "next_url": page.next_url}
             else:
-                next_url = (body.get("links") or {}).get("next")
-                payload = {"data": body.get("data") or [], "next_url": next_url}
+                payload = {"data": page.data, "next_url": page.next_url}
             self._enqueue(("page", stream, payload))
-            if not next_url:
-                self._enqueue(("stream_done", stream, None))
+            if key == "sweep":
+                self.counters.counts["profiles_swept"] += len(page.mapped)
+            if not page.next_url:
+                self._enqueue(("stream_done", stream, {"hi": None}))
                 return
-            url = next_url
+            if quota is not None and last["value"]:
+                # The sweep reads its share of the account, then up to the end of a whole
+                # second of ``created``: everything before that second was delivered.
+                records += len(page.mapped)
+                second = floor_second(parse_iso(last["value"]))
+                if records >= quota:
+                    if threshold is None:
+                        lo = parse_iso(stream["lo"])
+                        threshold = max(second, floor_second(lo)) if lo else second
+                    elif second > threshold:
+                        self._enqueue(("stream_done", stream, {"hi": format_iso(second)}))
+                        return
 
     def _first_request(self, stream: dict, last_value: str | None) -> tuple[str, dict]:
+        key = stream["key"]
+        if key == "sweep":
+            return sweep_request(stream["lo"], after=last_value)
+        if key.startswith("suppressed:"):
+            return suppression_request(key.split(":", 1)[1], stream["lo"])
         if stream["kind"] == "profiles":
             return profile_request(stream["lo"], stream["hi"], after=last_value)
-        kind = "list" if stream["key"].startswith("members:list:") else "segment"
+        kind = "list" if key.startswith("members:list:") else "segment"
         return member_request(kind, stream["group_id"], stream["lo"], stream["hi"])
+
+    def _sweep_quota(self) -> int:
+        """Profiles the sweep reads this run: its share of the mapped profiles (a page at least)."""
+        with self.ctx.storage.transaction(readonly=True) as tx:
+            mapped = tx.execute(
+                select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == self.store_id)
+            ).scalar_one()
+        return max(100, math.ceil(mapped / self.options.sweep_runs))
 
     def _group_count(self, group: dict) -> tuple[int | None, bool]:
         """``profile_count`` (``None``: not given) and, for a segment, whether it
@@ -652,26 +759,25 @@ class SyncRun:
             self._submit(self._fetch_stream, row)
 
     def _check_group(self, group: dict) -> None:
-        """Incremental: recent joins, then the member count tells whether anyone left."""
+        """Incremental, a large group not due for its rescan: the joins since the last run,
+        then (while the run's count budget lasts) ``profile_count`` tells whether anyone
+        left; without it, removals wait for the group's turn (at most ``rescan_every_runs``)."""
         kind, gid = group["kind"], group["group_id"]
         with self.ctx.storage.transaction(readonly=True) as tx:
-            run = tx.execute(
-                select(run_t.c.klaviyo_start, run_t.c.profiles_since)
-                .where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
-            ).first()
-        since = run.profiles_since
+            since = tx.execute(
+                select(run_t.c.profiles_since).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
+            ).scalar()
         path, params = member_request(kind, gid, format_iso(since) if since else None, None)
-        body = self.client.get(path, params)
-        while True:
-            ids = [r.get("id") for r in body.get("data") or [] if isinstance(r, dict)]
+        for page in paginate(self.client, path, params):
+            ids = [r.get("id") for r in page.data if isinstance(r, dict)]
             if ids:
                 self._enqueue(("joins", gid, ids))
-            next_url = (body.get("links") or {}).get("next")
-            if not next_url:
-                break
             if self.stop.is_set():
                 raise _Stop()
-            body = self.client.get_url(next_url)
+        if not self._take_count():
+            self.counters.counts["groups_joins_checked"] += 1
+            self._enqueue(("group_checked", gid, None))
+            return
         done = threading.Event()
         self._enqueue(("barrier", None, done))
         while not done.wait(0.2):
@@ -690,34 +796,63 @@ class SyncRun:
     # ------------------------------------------------------------- finish
     def _confirm_deleted_profiles(self) -> None:
         """Full runs: mapped profiles not seen are checked by id; the gone are unmapped."""
+        self._confirm_gone(profile_map_t.c.store_id == self.store_id)
+
+    def _confirm_swept_profiles(self) -> None:
+        """Incremental runs: mapped profiles whose ``created`` lies in the range the sweep
+        read this run, but that it did not return, are checked by id; the gone (deleted,
+        or merged into another profile) are unmapped. When the sweep reached the end of
+        the account, profiles whose ``created`` is unknown are checked too."""
+        with self.ctx.storage.transaction(readonly=True) as tx:
+            sweep = tx.execute(
+                select(stream_t).where(
+                    and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == "sweep")
+                )
+            ).first()
+        if sweep is None or not sweep.done:
+            return
+        created = profile_map_t.c.created
+        in_range = and_(
+            created >= sweep.lo if sweep.lo else created.is_not(None),
+            created < sweep.hi if sweep.hi else created.is_not(None),
+        )
+        if sweep.hi is None:
+            in_range = in_range | created.is_(None)
+        self._confirm_gone(and_(profile_map_t.c.store_id == self.store_id, in_range))
+
+    def _confirm_gone(self, where) -> None:
+        """Mapped profiles matching ``where`` and not seen in this run are looked up by id
+        (100 per request); those Klaviyo no longer has lose their id mapping and tags."""
         with self.ctx.storage.transaction() as tx:
             candidates = list(
                 tx.execute(
                     select(profile_map_t.c.klaviyo_id).where(
                         and_(
-                            profile_map_t.c.store_id == self.store_id,
+                            where,
                             (profile_map_t.c.last_seen_run != self.run_id) | (profile_map_t.c.last_seen_run.is_(None)),
                         )
                     )
                 ).scalars()
             )
+        self.counters.counts["profiles_checked_by_id"] += len(candidates)
         for start in range(0, len(candidates), 100):
             chunk = candidates[start : start + 100]
             # Every page of the answer: a server may return fewer than page[size] records
             # per page, and an id not read is not a deleted profile.
-            alive = []
-            for page in iter_pages(
+            alive = {}
+            for page in paginate(
                 self.client,
                 PROFILES_PATH,
                 {"filter": any_of("id", chunk), "page[size]": 100, "additional-fields[profile]": "subscriptions"},
             ):
-                alive.extend(r for r in page.data if isinstance(r, dict))
-            alive_ids = {r.get("id") for r in alive}
-            gone = [k for k in chunk if k not in alive_ids]
+                for r in page.data:
+                    if isinstance(r, dict):
+                        alive[r.get("id")] = r  # a restarted read repeats pages: by id
+            gone = [k for k in chunk if k not in alive]
             with self.ctx.storage.transaction() as tx:
                 self._check_epoch(tx)
                 if alive:
-                    self.writer.write_profiles(tx, alive)
+                    self.writer.write_profiles(tx, list(alive.values()))
                 if gone:
                     uids = self.writer._uids_of(tx, gone)
                     tx.execute(delete(membership_t).where(and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(gone))))
@@ -735,9 +870,21 @@ class SyncRun:
                 .where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
                 .values(finished_at=now, outcome="completed", phase="done", report_json=report.model_dump_json())
             )
+            sweep = tx.execute(
+                select(stream_t.c.done, stream_t.c.hi).where(
+                    and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == "sweep")
+                )
+            ).first()
+            integ = tx.execute(select(integration_t.c.sweep_cycle).where(integration_t.c.store_id == self.store_id)).first()
             tx.execute(delete(stream_t).where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id)))
-            values = dict(current_run_id=None, phase=None, last_success_at=now, consecutive_errors=0,
+            values = dict(current_run_id=None, phase=None, progress_json=None, last_success_at=now, consecutive_errors=0,
                           counts_json=json.dumps(dict(self.counters.counts)))
+            # A full run read (and confirmed) the whole account: the sweep starts over.
+            # An incremental run's sweep moves on to where its portion ended.
+            if self.mode == "full" or (sweep is not None and sweep.done and sweep.hi is None):
+                values.update(sweep_position=None, sweep_cycle=(integ.sweep_cycle or 0) + 1)
+            elif sweep is not None and sweep.done:
+                values["sweep_position"] = sweep.hi
             if run["klaviyo_start"] is not None:
                 values["profiles_watermark"] = run["klaviyo_start"]
             tx.execute(update(integration_t).where(integration_t.c.store_id == self.store_id).values(**values))
@@ -755,11 +902,35 @@ class SyncRun:
             self._abort(exc)
             raise exc
 
+    def progress_record(self) -> dict:
+        """Where this run is, as :class:`hookspecs.types.SyncProgress` fields."""
+        phase = getattr(self, "phase", "starting")
+        done, total = self.progress["groups_done"], self.progress["groups_total"]
+        profiles = self.counters.counts.get("profiles_seen", 0)
+        if phase == "profiles_and_memberships" and total:
+            label = "checking groups" if self.mode == "incremental" else "reading groups"
+            message = f"{label}: {done} of {total}; profiles read: {profiles:,}"
+            return {"phase": phase, "done": done, "total": total, "unit": "groups", "message": message}
+        message = {"groups": "reading lists and segments", "finishing": "checking deleted profiles"}.get(phase, phase)
+        return {"phase": phase, "done": profiles or None, "total": None, "unit": "profiles", "message": message}
+
+    def _save_progress(self) -> None:
+        self._progress_at = time.monotonic()
+        record = dict(self.progress_record(), updated_at=utcnow().isoformat())
+        with self.ctx.storage.transaction() as tx:
+            tx.execute(
+                update(integration_t)
+                .where(and_(integration_t.c.store_id == self.store_id, integration_t.c.current_run_id == self.run_id))
+                .values(progress_json=json.dumps(record))
+            )
+
     def _set_phase(self, phase: str) -> None:
+        self.phase = phase
         with self.ctx.storage.transaction() as tx:
             self._check_epoch(tx)
             tx.execute(update(integration_t).where(integration_t.c.store_id == self.store_id).values(phase=phase))
             tx.execute(update(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id)).values(phase=phase))
+        self._save_progress()
 
     def _watch(self) -> None:
         """Renew the lease and notice cancellation while the run works."""

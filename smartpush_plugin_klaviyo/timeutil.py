@@ -81,3 +81,4 @@ def ceil_second(value: datetime) -> datetime:
     if value.microsecond:
         value = value.replace(microsecond=0) + timedelta(seconds=1)
     return value
+

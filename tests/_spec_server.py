@@ -165,6 +165,13 @@ def matches(conds, get) -> bool:
     return True
 
 
+_SUPPRESSION_FIELDS = {
+    "subscriptions.email.marketing.suppression.timestamp": "suppression",
+    "subscriptions.email.marketing.list_suppressions.timestamp": "list_suppressions",
+}
+"""The spec's suppression-timestamp filters and sorts of ``GET /api/profiles``."""
+
+
 class SpecServer(LoopbackServer):
     """The server; ``profiles``, ``groups``, ``members`` and ``quirks`` may be edited live."""
 
@@ -274,10 +281,10 @@ class SpecServer(LoopbackServer):
     def _profiles(self, path: str, q: dict) -> dict:
         conds = parse_filter(q["filter"], self.quirks.strict_filter_datetimes) if "filter" in q else []
         for _, name, _v in conds:
-            if name not in ("id", "updated", "created", "email"):
+            if name not in ("id", "updated", "created", "email", *_SUPPRESSION_FIELDS):
                 raise FilterError(f"'{name}' is not a valid filter field")
         sort = q.get("sort", "id")
-        if sort not in ("id", "-id", "updated", "-updated", "created", "-created"):
+        if sort.lstrip("-") not in ("id", "updated", "created", *_SUPPRESSION_FIELDS):
             raise _BadParam(f"'{sort}' is not a valid sort", "sort")
         with self.lock:
             profiles = list(self.profiles)
@@ -290,6 +297,12 @@ class SpecServer(LoopbackServer):
                     return resource.get("id")
                 if name in ("updated", "created"):
                     return parse_ts(attrs.get(name))
+                if name in _SUPPRESSION_FIELDS:
+                    # the newest timestamp of the array (a comparison holds for any entry)
+                    marketing = ((attrs.get("subscriptions") or {}).get("email") or {}).get("marketing") or {}
+                    entries = marketing.get(_SUPPRESSION_FIELDS[name]) or []
+                    stamps = [parse_ts(e.get("timestamp")) for e in entries if isinstance(e, dict)]
+                    return max((t for t in stamps if t), default=None)
                 return attrs.get(name)
             return field
 

@@ -116,10 +116,17 @@ def test_incremental_sync_follows_every_kind_of_change(h, account):
     assert big_tag in by_kid[new_id]["tags"] and big_tag in by_kid[outsider]["tags"]
     assert big_tag not in by_kid[members[0]]["tags"]  # left the list
     assert "kla_segment_renamed_segment" in {t for c in contacts for t in c["tags"]}
-    # Deleted and merged-away profiles: their contacts are kept, their list tag is gone.
-    assert big_tag not in by_kid[members[1]]["tags"]
-    assert big_tag not in by_kid[members[3]]["tags"]
+    # Deleted and merged-away profiles: the daily run's sweep found them gone (this small
+    # account fits in one run's portion): their contacts are kept, without their Klaviyo id
+    # and without Klaviyo tags.
+    uid_before = {kid: c["uid"] for c in before for kid in c["klaviyo_ids"]}
+    by_uid = {c["uid"]: c for c in contacts}
+    for gone in (members[1], members[3]):
+        assert gone not in by_kid
+        kept = by_uid[uid_before[gone]]
+        assert kept["klaviyo_ids"] == [] and not [t for t in kept["tags"] if t.startswith("kla_")]
     assert big_tag in by_kid[members[2]]["tags"]
+    assert report.counts["profiles_deleted_in_klaviyo"] == 2
 
 
 def test_incremental_costs_a_fraction_of_a_full_sync(h, account):
@@ -130,8 +137,11 @@ def test_incremental_costs_a_fraction_of_a_full_sync(h, account):
         account.update_profile(pid, {"title": "Changed"})
     inc = h.sync("incremental")
     assert inc.outcome == "completed"
-    assert inc.counts["profiles_seen"] < 20
-    assert inc.requests["GET /api/profiles"] <= 2  # one page, one probe
+    assert inc.counts["profiles_seen"] - inc.counts["profiles_swept"] < 20
+    # the rolling sweep reads its share of the account (1/7, a page at least) up to a whole second
+    assert 100 <= inc.counts["profiles_swept"] <= 300
+    # one page of changes, one probe, one page per suppression filter, the sweep's pages
+    assert inc.requests["GET /api/profiles"] <= 2 + 2 + 3
     assert full_profile_requests >= 5
 
 
