@@ -13,7 +13,7 @@ from sqlalchemy import and_, delete, insert, select, update
 
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.models import KlaviyoGroup, parse_group
-from smartpush_plugin_klaviyo.pagination import iter_pages
+from smartpush_plugin_klaviyo.pagination import paginate
 from smartpush_plugin_klaviyo.state import group_t, membership_t
 from smartpush_plugin_klaviyo.writer import PageWriter
 
@@ -25,13 +25,16 @@ GROUP_FIELDS = {
 
 
 def fetch_groups(client) -> Iterator[KlaviyoGroup]:
-    """Every list and segment of the account (pages of 10, the spec's maximum)."""
+    """Every list and segment of the account, once each (pages of 10, the spec's maximum;
+    a read restarted after a refused cursor repeats pages, so groups are keyed by id)."""
     for kind, path in GROUP_ENDPOINTS.items():
-        for page in iter_pages(client, path, {f"fields[{kind}]": GROUP_FIELDS[kind], "page[size]": 10}):
+        found: dict[str, KlaviyoGroup] = {}
+        for page in paginate(client, path, {f"fields[{kind}]": GROUP_FIELDS[kind], "page[size]": 10}):
             for resource in page.data:
                 group = parse_group(resource, kind)
                 if group is not None:
-                    yield group
+                    found[group.id] = group
+        yield from found.values()
 
 
 def apply_groups(tx, writer: PageWriter, groups: list) -> dict[str, int]:

@@ -178,6 +178,9 @@ cursor: from the last value delivered when the read is sorted, else from scratch
 
 MAX_RESTARTS = 3
 """Refused cursors in a row (no page delivered in between) before a chain gives up."""
+MAX_RESTARTS_TOTAL = 12
+"""Refused cursors in one read before it gives up: a read restarted from scratch whose
+cursors expire faster than it reads would otherwise never end (it fails, and resumes)."""
 
 
 def paginate(
@@ -201,8 +204,8 @@ def paginate(
     * A cursor Klaviyo refuses (400 on ``page[cursor]``: cursors expire) restarts the
       read from ``restart()`` (default: the first request again, so the caller must
       tolerate pages it has seen: every reader dedupes by id); ``on_restart`` is told.
-      :data:`MAX_RESTARTS` refusals in a row without a page in between end the read with
-      :class:`PaginationError`.
+      :data:`MAX_RESTARTS` refusals in a row without a page in between, or
+      :data:`MAX_RESTARTS_TOTAL` in all, end the read with :class:`PaginationError`.
     * A chain that repeats a ``links.next`` (a loop), or goes past ``max_pages``, ends
       with :class:`PaginationError` instead of running forever.
     """
@@ -214,7 +217,7 @@ def paginate(
     url = start_url
     request = None if url else (path, dict(params) if params else None)
     seen: set[str] = set()
-    refusals = pages = 0
+    refusals = pages = restarts = 0
     while True:
         try:
             if url:
@@ -226,9 +229,10 @@ def paginate(
             if not (url and exc.invalid_cursor):
                 raise
             refusals += 1
-            if refusals > MAX_RESTARTS:
+            restarts += 1
+            if refusals > MAX_RESTARTS or restarts > MAX_RESTARTS_TOTAL:
                 raise PaginationError(
-                    f"Klaviyo refused the cursor {refusals} times in a row", endpoint=exc.endpoint, status=400
+                    f"Klaviyo refused this read's cursor {restarts} times", endpoint=exc.endpoint, status=400
                 ) from None
             if on_restart is not None:
                 on_restart()

@@ -645,7 +645,7 @@ class SyncRun:
         start_url = stream["next_url"] if stream["started"] else None
         path, params = (None, None) if start_url else self._first_request(stream, last["value"])
         quota = self.sweep_quota if key == "sweep" else None
-        records, threshold = stream["records"], None
+        records = stream["records"]
         for page in paginate(self.client, path, params, start_url=start_url, restart=restart, decode=decode):
             if self.stop.is_set():
                 raise _Stop()
@@ -663,17 +663,15 @@ class SyncRun:
                 self._enqueue(("stream_done", stream, {"hi": None}))
                 return
             if quota is not None and last["value"]:
-                # The sweep reads its share of the account, then up to the end of a whole
-                # second of ``created``: everything before that second was delivered.
+                # The sweep reads its share of the account; everything created before the
+                # second of the last profile delivered was delivered (the rest of that
+                # second is read again next run), so that second is where its portion ends.
                 records += len(page.mapped)
                 second = floor_second(parse_iso(last["value"]))
-                if records >= quota:
-                    if threshold is None:
-                        lo = parse_iso(stream["lo"])
-                        threshold = max(second, floor_second(lo)) if lo else second
-                    elif second > threshold:
-                        self._enqueue(("stream_done", stream, {"hi": format_iso(second)}))
-                        return
+                lo = parse_iso(stream["lo"])
+                if records >= quota and (lo is None or second > floor_second(lo)):
+                    self._enqueue(("stream_done", stream, {"hi": format_iso(second)}))
+                    return
 
     def _first_request(self, stream: dict, last_value: str | None) -> tuple[str, dict]:
         key = stream["key"]

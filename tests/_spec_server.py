@@ -68,6 +68,11 @@ class Quirks:
     ``x-klaviyo-scopes``) answers 403 ``permission_denied`` with a generic detail."""
     stale_counts: dict | None = None
     """group id -> the ``profile_count`` served (counts updated lazily)."""
+    refuse_cursor_every: int | None = None
+    """Every n-th cursor not refused before is refused (400 on ``page[cursor]``), once:
+    cursors expire, on every kind of read; a read restarted gets through."""
+    loop_next: bool = False
+    """``links.next`` of a cursor page points back at the same cursor (a pagination loop)."""
 
 
 def parse_ts(text) -> datetime | None:
@@ -183,7 +188,9 @@ class SpecServer(LoopbackServer):
         self.key = key
         self.requests: list[str] = []
         self.errors: list[tuple[int, str]] = []
-        self.lock = threading.Lock()
+        self.cursor_requests = 0
+        self.refused_cursors: set[str] = set()
+        self.lock = threading.RLock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -256,10 +263,24 @@ class SpecServer(LoopbackServer):
             if self.quirks.empty_first_page:
                 served = 0
         else:
+            with self.lock:
+                self.cursor_requests += 1
+                refuse = (
+                    bool(self.quirks.refuse_cursor_every)
+                    and cursor not in self.refused_cursors
+                    and self.cursor_requests % self.quirks.refuse_cursor_every == 0
+                )
+                if refuse:
+                    self.refused_cursors.add(cursor)
+            if refuse:
+                raise _BadParam("The page cursor has expired.", "page[cursor]")
             try:
                 start = int(base64.urlsafe_b64decode(cursor.encode()).decode().split(":")[1])
             except (ValueError, IndexError):
                 raise _BadParam("Invalid page cursor.", "page[cursor]") from None
+            if self.quirks.loop_next:
+                links = {"self": self._link(path, q, cursor), "next": self._link(path, q, cursor)}
+                return rows[start : start + served], links
         data = rows[start : start + served]
         links = {"self": self._link(path, q, None), "next": None}
         end = start + served

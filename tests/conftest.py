@@ -87,3 +87,27 @@ def server(account):
 
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as srv:
         yield srv
+
+
+@pytest.fixture
+def make_harness(db_url, tmp_path):
+    """A harness on a fresh database for a test server (``tests/_spec_server.py`` or a
+    scripted one), installed and authorized with ``key`` (``""``: not authorized)."""
+    hosts = []
+
+    def make(server, key: str | None = None, **settings):
+        from tests._spec_server import KEY
+        from tests.harness import Harness, make_host
+
+        key = KEY if key is None else key
+        settings = {"KLAVIYO_RATE_LIMITS": "off", "KLAVIYO_MAX_RETRIES": "2", **settings}
+        host = make_host(db_url, tmp_path / f"h{len(hosts)}", server, **settings)
+        hosts.append(host)
+        h = Harness(host=host, server=server, account=None)
+        if key:
+            h.install_and_authorize(key)
+        return h
+
+    yield make
+    for host in hosts:
+        host.close()

@@ -18,7 +18,7 @@ from smartpush_plugin_klaviyo.errors import InvalidKeyError, MissingScopeError
 from smartpush_plugin_klaviyo.ratelimit import RateBudgets
 from tests._scripted_server import ScriptedServer
 from tests._spec_server import KEY, Quirks, SpecServer
-from tests.harness import Harness, make_host
+from tests.harness import Harness
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -54,24 +54,6 @@ def group(kind: str, gid: str, name: str, created: datetime, form: str = "+00:00
     if kind == "segment":
         g["is_active"] = True
     return g
-
-
-@pytest.fixture
-def make_harness(db_url, tmp_path):
-    hosts = []
-
-    def make(server: SpecServer, key: str = KEY, **settings) -> Harness:
-        settings = {"KLAVIYO_RATE_LIMITS": "off", "KLAVIYO_MAX_RETRIES": "2", **settings}
-        host = make_host(db_url, tmp_path / f"h{len(hosts)}", server, **settings)
-        hosts.append(host)
-        h = Harness(host=host, server=server, account=None)
-        if key is not None:
-            h.install_and_authorize(key)
-        return h
-
-    yield make
-    for host in hosts:
-        host.close()
 
 
 def imported_ids(h: Harness) -> set[str]:
@@ -317,7 +299,7 @@ def test_missing_scope_is_named_whatever_the_servers_wording(make_harness):
     members = {"L1": [(p["id"], T0) for p in profiles], "S1": [(profiles[0]["id"], T0)]}
     quirks = Quirks(scopes=ALL_READ_SCOPES - {"segments:read"})
     with SpecServer(profiles, groups, members, quirks) as server:
-        h = make_harness(server, key=None)
+        h = make_harness(server, key="")
         h.call("install")
         result = h.call("authorize", credentials=KEY)
         assert not result.ok and result.missing_scopes == ["segments:read"]
