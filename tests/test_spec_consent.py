@@ -17,10 +17,8 @@ import pytest
 
 from smartpush_plugin_klaviyo.mapping import map_profile
 from tests._spec_server import SpecServer
-from tests import test_spec_robustness as robust
 from tests.test_spec_robustness import T0, profile
 
-make_harness = robust.make_harness  # the fixture, shared
 
 RECEIVABLE = {"can_receive_email_marketing": True, "consent": "SUBSCRIBED"}
 BARRED = {"can_receive_email_marketing": False, "consent": "SUBSCRIBED"}  # no ``suppression``: it is optional
