@@ -205,3 +205,41 @@ def test_hundreds_of_groups_daily_runs_stay_within_limits(db_url, tmp_path, many
             assert status.last_run["mode"] == "incremental" and status.last_run["429"] == 0
         finally:
             host.close()
+
+
+# --------------------------------------------------------------------- status
+def test_status_shows_what_the_daily_run_is_doing_and_its_last_figures(db_url, tmp_path):
+    import threading
+    import time
+
+    account = generate_account(profiles=600, seed=3, groups=40)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
+        host = make_host(db_url, tmp_path, server)
+        try:
+            h = Harness(host=host, server=server, account=account)
+            h.install_and_authorize(DEFAULT_API_KEY)
+            assert h.sync("full").outcome == "completed"
+            server.latency = 0.15  # long enough to watch
+            done: list = []
+            runner = threading.Thread(target=lambda: done.append(h.sync("incremental")))
+            runner.start()
+            seen = set()
+            while runner.is_alive():
+                progress = h.status().progress
+                if progress is not None:
+                    seen.add(progress.message.split(":")[0])
+                    if progress.unit == "groups":
+                        assert progress.total == len(account.lists()) + len(account.segments())
+                        assert 0 <= progress.done <= progress.total
+                time.sleep(0.05)
+            runner.join()
+            assert done[0].outcome == "completed"
+            assert "checking groups" in seen
+            status = h.status()
+            assert status.progress is None
+            last = status.last_run
+            assert last["mode"] == "incremental" and last["outcome"] == "completed"
+            assert last["requests"] == sum(v for k, v in done[0].requests.items() if k.startswith("GET "))
+            assert last["duration_s"] > 0 and last["429"] == 0
+        finally:
+            host.close()
