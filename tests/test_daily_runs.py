@@ -8,6 +8,7 @@ without moving ``updated``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -26,6 +27,21 @@ def _profiles(n: int) -> list[dict]:
         profile(i, T0 + timedelta(hours=i), created=ts(T0 - timedelta(days=60) + timedelta(minutes=i)))
         for i in range(n)
     ]
+
+
+@contextmanager
+def synced(account, db_url: str, tmp_path):
+    """The stand-in serving ``account`` (Klaviyo's limits, scaled clock) and a harness on
+    a fresh database, installed, authorized and fully synced."""
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
+        host = make_host(db_url, tmp_path, server)
+        try:
+            h = Harness(host=host, server=server, account=account)
+            h.install_and_authorize(DEFAULT_API_KEY)
+            assert h.sync("full").outcome == "completed"
+            yield h
+        finally:
+            host.close()
 
 
 def _by_kid(h: Harness) -> dict[str, dict]:
@@ -118,42 +134,35 @@ def test_consent_changes_that_do_not_move_updated_arrive(make_harness):
 # --------------------------------------------------------------------- deletions
 def test_deleted_and_merged_profiles_leave_within_seven_daily_runs(db_url, tmp_path):
     account = generate_account(profiles=2000, seed=12)
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
-        host = make_host(db_url, tmp_path, server)
-        try:
-            h = Harness(host=host, server=server, account=account)
-            h.install_and_authorize(DEFAULT_API_KEY)
-            assert h.sync("full").outcome == "completed"
-            ids = account.profile_ids()
-            deleted = [ids[i] for i in range(50, 2000, 290)]  # spread over the created order
-            merged = [(ids[i], ids[i + 1]) for i in (100, 900, 1700)]
-            for pid in deleted:
-                account.delete_profile(pid)
-            for keep, gone in merged:
-                account.merge_profiles(keep, gone)
-            gone_ids = set(deleted) | {g for _, g in merged}
-            uid_of = {kid: c["uid"] for c in h.export() for kid in c["klaviyo_ids"]}
-            left_at: dict[str, int] = {}
-            swept = 0
-            for run in range(1, 8):
-                report = h.sync("incremental")
-                assert report.outcome == "completed", report.message
-                swept += report.counts["profiles_swept"]
-                mapped = imported_ids(h)
-                for kid in gone_ids - set(left_at):
-                    if kid not in mapped:
-                        left_at[kid] = run
-            assert set(left_at) == gone_ids, "every deleted or merged profile leaves within 7 daily runs"
-            # the contacts are kept, without Klaviyo tags
-            by_uid = {c["uid"]: c for c in h.export()}
-            for kid in deleted:
-                assert not [t for t in by_uid[uid_of[kid]]["tags"] if t.startswith("kla_")]
-            # bounded cost: one sweep of the account over the 7 runs, plus a page per run
-            assert swept <= 2000 + 7 * 100
-            # nobody else lost their mapping
-            assert imported_ids(h) == set(uid_of) - gone_ids
-        finally:
-            host.close()
+    with synced(account, db_url, tmp_path) as h:
+        ids = account.profile_ids()
+        deleted = [ids[i] for i in range(50, 2000, 290)]  # spread over the created order
+        merged = [(ids[i], ids[i + 1]) for i in (100, 900, 1700)]
+        for pid in deleted:
+            account.delete_profile(pid)
+        for keep, gone in merged:
+            account.merge_profiles(keep, gone)
+        gone_ids = set(deleted) | {g for _, g in merged}
+        uid_of = {kid: c["uid"] for c in h.export() for kid in c["klaviyo_ids"]}
+        left_at: dict[str, int] = {}
+        swept = 0
+        for run in range(1, 8):
+            report = h.sync("incremental")
+            assert report.outcome == "completed", report.message
+            swept += report.counts["profiles_swept"]
+            mapped = imported_ids(h)
+            for kid in gone_ids - set(left_at):
+                if kid not in mapped:
+                    left_at[kid] = run
+        assert set(left_at) == gone_ids, "every deleted or merged profile leaves within 7 daily runs"
+        # the contacts are kept, without Klaviyo tags
+        by_uid = {c["uid"]: c for c in h.export()}
+        for kid in deleted:
+            assert not [t for t in by_uid[uid_of[kid]]["tags"] if t.startswith("kla_")]
+        # bounded cost: one sweep of the account over the 7 runs, plus a page per run
+        assert swept <= 2000 + 7 * 100
+        # nobody else lost their mapping
+        assert imported_ids(h) == set(uid_of) - gone_ids
 
 
 # --------------------------------------------------------------------- many groups
@@ -167,44 +176,38 @@ def test_hundreds_of_groups_daily_runs_stay_within_limits(db_url, tmp_path, many
     budget of profile_count requests, joins found the next day and removals within the
     7 runs every group is rescanned in."""
     account = many_groups_account
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
-        host = make_host(db_url, tmp_path, server)
-        try:
-            h = Harness(host=host, server=server, account=account)
-            h.install_and_authorize(DEFAULT_API_KEY)
-            assert h.sync("full").outcome == "completed"
-            groups = account.lists() + account.segments()
-            sized = sorted(groups, key=lambda g: account.member_count(g["id"]))
-            big = [g for g in sized if account.member_count(g["id"]) > 500][-3:]
-            ids = account.profile_ids()
-            joins, leaves = [], []
-            for g in big:
-                members = [pid for pid, _ in account.iter_members(g["id"])]
-                outsider = next(pid for pid in ids if pid not in set(members))
-                account.add_member(g["id"], outsider)
-                account.remove_member(g["id"], members[7])
-                joins.append((g["id"], outsider))
-                leaves.append((g["id"], members[7]))
-            tags = exp.expected_group_tags(account)
-            for run in range(1, 8):
-                server.reset_stats()
-                report = h.sync("incremental")
-                assert report.outcome == "completed", report.message
-                stats = server.stats
-                assert stats.get("429", 0) == 0
-                counts = sum(v for k, v in report.requests.items() if "{id}" in k and "relationships" not in k)
-                assert counts <= 10 + 3  # the run's count budget (and a few verifications)
-                by_kid = _by_kid(h)
-                if run == 1:
-                    for gid, pid in joins:
-                        assert tags[gid] in by_kid[pid]["tags"], "a join is found the next day"
+    with synced(account, db_url, tmp_path) as h:
+        server = h.server
+        groups = account.lists() + account.segments()
+        sized = sorted(groups, key=lambda g: account.member_count(g["id"]))
+        big = [g for g in sized if account.member_count(g["id"]) > 500][-3:]
+        ids = account.profile_ids()
+        joins, leaves = [], []
+        for g in big:
+            members = [pid for pid, _ in account.iter_members(g["id"])]
+            outsider = next(pid for pid in ids if pid not in set(members))
+            account.add_member(g["id"], outsider)
+            account.remove_member(g["id"], members[7])
+            joins.append((g["id"], outsider))
+            leaves.append((g["id"], members[7]))
+        tags = exp.expected_group_tags(account)
+        for run in range(1, 8):
+            server.reset_stats()
+            report = h.sync("incremental")
+            assert report.outcome == "completed", report.message
+            stats = server.stats
+            assert stats.get("429", 0) == 0
+            counts = sum(v for k, v in report.requests.items() if "{id}" in k and "relationships" not in k)
+            assert counts <= 10 + 3  # the run's count budget (and a few verifications)
             by_kid = _by_kid(h)
-            for gid, pid in leaves:
-                assert tags[gid] not in by_kid[pid]["tags"], "a removal is found within 7 runs"
-            status = h.status()
-            assert status.last_run["mode"] == "incremental" and status.last_run["429"] == 0
-        finally:
-            host.close()
+            if run == 1:
+                for gid, pid in joins:
+                    assert tags[gid] in by_kid[pid]["tags"], "a join is found the next day"
+        by_kid = _by_kid(h)
+        for gid, pid in leaves:
+            assert tags[gid] not in by_kid[pid]["tags"], "a removal is found within 7 runs"
+        status = h.status()
+        assert status.last_run["mode"] == "incremental" and status.last_run["429"] == 0
 
 
 # --------------------------------------------------------------------- status
@@ -213,33 +216,27 @@ def test_status_shows_what_the_daily_run_is_doing_and_its_last_figures(db_url, t
     import time
 
     account = generate_account(profiles=600, seed=3, groups=40)
-    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
-        host = make_host(db_url, tmp_path, server)
-        try:
-            h = Harness(host=host, server=server, account=account)
-            h.install_and_authorize(DEFAULT_API_KEY)
-            assert h.sync("full").outcome == "completed"
-            server.latency = 0.15  # long enough to watch
-            done: list = []
-            runner = threading.Thread(target=lambda: done.append(h.sync("incremental")))
-            runner.start()
-            seen = set()
-            while runner.is_alive():
-                progress = h.status().progress
-                if progress is not None:
-                    seen.add(progress.message.split(":")[0])
-                    if progress.unit == "groups":
-                        assert progress.total == len(account.lists()) + len(account.segments())
-                        assert 0 <= progress.done <= progress.total
-                time.sleep(0.05)
-            runner.join()
-            assert done[0].outcome == "completed"
-            assert "checking groups" in seen
-            status = h.status()
-            assert status.progress is None
-            last = status.last_run
-            assert last["mode"] == "incremental" and last["outcome"] == "completed"
-            assert last["requests"] == sum(v for k, v in done[0].requests.items() if k.startswith("GET "))
-            assert last["duration_s"] > 0 and last["429"] == 0
-        finally:
-            host.close()
+    with synced(account, db_url, tmp_path) as h:
+        server = h.server
+        server.latency = 0.15  # long enough to watch
+        done: list = []
+        runner = threading.Thread(target=lambda: done.append(h.sync("incremental")))
+        runner.start()
+        seen = set()
+        while runner.is_alive():
+            progress = h.status().progress
+            if progress is not None:
+                seen.add(progress.message.split(":")[0])
+                if progress.unit == "groups":
+                    assert progress.total == len(account.lists()) + len(account.segments())
+                    assert 0 <= progress.done <= progress.total
+            time.sleep(0.05)
+        runner.join()
+        assert done[0].outcome == "completed"
+        assert "checking groups" in seen
+        status = h.status()
+        assert status.progress is None
+        last = status.last_run
+        assert last["mode"] == "incremental" and last["outcome"] == "completed"
+        assert last["requests"] == sum(v for k, v in done[0].requests.items() if k.startswith("GET "))
+        assert last["duration_s"] > 0 and last["429"] == 0
