@@ -6,8 +6,10 @@ pool) and is safe to share between the threads of a pool. Every request:
 1. takes a slot from its endpoint's :class:`~smartpush_plugin_klaviyo.ratelimit.RateBudget`
    (``profile_count`` requests also take one from that field's stricter budget);
 2. is sent with ``Authorization: Klaviyo-API-Key …``, ``revision`` and JSON:API ``Accept``;
-3. feeds the response's ``RateLimit-*`` headers back to the budget, with the grant's
-   ticket (so the budget knows which of its grants the server had counted);
+3. feeds the response's ``RateLimit-*`` headers back to the endpoint's budget, with the
+   grant's ticket (so the budget knows which of its grants the server had counted); a
+   stacked budget (``profile_count``) never follows them: they describe the endpoint's
+   window, and a documented stricter limit is never exceeded whatever they say;
 4. is mapped to the error hierarchy of :mod:`smartpush_plugin_klaviyo.errors`.
 
 Retries (with :mod:`tenacity`: jittered exponential backoff, bounded by ``max_retries``
@@ -333,8 +335,14 @@ class KlaviyoClient:
 
     def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple, decode: Decoder | None) -> Any:
         cancel = self.cancel_event
-        ticket = None  # the grant of the last budget, the one the response's headers describe
-        for budget in budgets:
+        # The endpoint's own budget comes first in ``budgets`` and is taken last (a stacked,
+        # stricter budget may make the request wait; the endpoint's grant should not sit
+        # idle meanwhile). Only the endpoint's budget follows the response's ``RateLimit-*``
+        # headers: they describe the endpoint's window, never a stacked limit's (the
+        # ``profile_count`` field's 15/min), which therefore stays a local log that no
+        # header can loosen.
+        ticket = None
+        for budget in reversed(budgets):
             ticket = budget.acquire_ticket(timeout=self.max_retry_time, cancel=cancel)
             if ticket is None:
                 exc = RateLimitedError("waited too long for the rate budget", endpoint=template, status=None)
@@ -350,7 +358,7 @@ class KlaviyoClient:
         headers = response.headers
         status = response.status_code
         if status < 300:
-            budgets[-1].observe(headers, ticket=ticket)
+            budgets[0].observe(headers, ticket=ticket)
             try:
                 if decode is not None:
                     return decode(response.content)
@@ -368,7 +376,7 @@ class KlaviyoClient:
             code, detail = _error_code_detail(_jsonapi_errors(response))
             raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after, code=code,
                                    detail=detail, secrets=self._secrets)
-        budgets[-1].observe(headers, ticket=ticket)
+        budgets[0].observe(headers, ticket=ticket)
         raise self._error(template, response)
 
     def _error(self, template: str, response: httpx.Response) -> KlaviyoAPIError:

@@ -82,6 +82,7 @@ __all__ = [
     "RateBudgets",
     "parse_rate_limit_headers",
     "watch_budgets",
+    "account_budgets",
 ]
 
 BURST_WINDOW = 1.0
@@ -607,3 +608,27 @@ class RateBudgets:
 
     def __repr__(self) -> str:
         return f"RateBudgets(enabled={self.enabled}, margin={self.margin}, time_scale={self.time_scale})"
+
+
+_ACCOUNT_BUDGETS: dict[tuple, RateBudgets] = {}
+_ACCOUNT_BUDGETS_LOCK = threading.Lock()
+
+
+def account_budgets(base_url: str, api_key: str, *, time_scale: float = 1.0, enabled: bool = True) -> RateBudgets:
+    """The one :class:`RateBudgets` of a Klaviyo account in this process.
+
+    Klaviyo counts per account; runs of one store follow each other (a full sync, then the
+    daily run) and would each start with an empty log if they had budgets of their own, so
+    a run could spend what the previous one already used of a window (the 15/min of
+    ``profile_count`` in a few seconds). The account is known by a digest of its key,
+    never by the key itself.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(api_key.encode()).hexdigest()[:32]
+    key = (base_url, digest, float(time_scale), bool(enabled))
+    with _ACCOUNT_BUDGETS_LOCK:
+        budgets = _ACCOUNT_BUDGETS.get(key)
+        if budgets is None:
+            budgets = _ACCOUNT_BUDGETS[key] = RateBudgets(time_scale=time_scale, enabled=enabled)
+        return budgets

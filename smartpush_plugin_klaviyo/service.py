@@ -28,7 +28,7 @@ from smartpush_plugin_klaviyo.errors import (
     MissingScopeError,
     SyncCancelled,
 )
-from smartpush_plugin_klaviyo.ratelimit import RateBudgets
+from smartpush_plugin_klaviyo.ratelimit import account_budgets
 from smartpush_plugin_klaviyo.state import create_tables, integration_t, run_t, stream_t
 from smartpush_plugin_klaviyo.status import INTEGRATION, PLAN_FEATURE, SECRET_NAME
 from smartpush_plugin_klaviyo.sync import MAX_CONSECUTIVE_ERRORS, SyncOptions, SyncRun
@@ -68,7 +68,7 @@ def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
     base_url = settings.get("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL
     scale = float(settings.get("KLAVIYO_TIME_SCALE") or 1.0)
     enabled = (settings.get("KLAVIYO_RATE_LIMITS") or "on").lower() not in ("off", "0", "false", "no")
-    budgets = RateBudgets(time_scale=scale, enabled=enabled)
+    budgets = account_budgets(base_url, api_key, time_scale=scale, enabled=enabled)
     retries = int(settings.get("KLAVIYO_MAX_RETRIES") or 8)
     return KlaviyoClient(api_key, base_url=base_url, budgets=budgets, max_retries=retries)
 

@@ -661,3 +661,30 @@ def test_standin_cursor_pagination_over_all_profiles(account):
             stats = client.stats
         assert stats["429"] == 0 and server.stats.get("429", 0) == 0
         assert stats["GET /api/profiles"] == server.stats["GET /api/profiles"]
+
+
+def test_stacked_profile_count_limit_is_never_exceeded_whatever_the_headers_say(account):
+    """``profile_count`` has its own 1/s, 15/min stacked on the endpoint's 75/s, 750/min
+    (paths./api/lists/{id}.get.description); the stand-in stacks them and reports the
+    endpoint's window in the headers. The stacked budget must stay closed: 0 429s."""
+    with StandInServer(account, rate_limits=True, clock_scale=20) as server:
+        with standin_client(server) as client:
+            gid = account.lists()[0]["id"]
+            sid = account.segments()[0]["id"]
+
+            def ask(n: int) -> None:
+                for i in range(n):
+                    kind, group_id = ("list", gid) if i % 2 else ("segment", sid)
+                    detail = client.get(f"/api/{kind}s/{group_id}", {f"additional-fields[{kind}]": "profile_count"})
+                    assert detail["data"]["attributes"]["profile_count"] >= 0
+
+            threads = [threading.Thread(target=ask, args=(8,)) for _ in range(5)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            stacked = client.budgets.budgets()["/api/lists/{id}+profile_count"]
+            assert not stacked.server_guided  # headers describe the endpoint, never this cap
+            assert client.budgets.budgets()["/api/lists/{id}"].server_guided
+        assert server.stats.get("429", 0) == 0
+        assert server.stats["GET /api/lists/{id}"] + server.stats["GET /api/segments/{id}"] == 40
