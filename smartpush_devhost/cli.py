@@ -130,6 +130,10 @@ def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
     from smartpush_devhost.cli_contacts import contacts_group
     from smartpush_devhost.cli_demo import demo_command
 
+    from smartpush_devhost.cli_jobs import scheduler_group, worker_command
+
+    root.add_command(scheduler_group)
+    root.add_command(worker_command)
     root.add_command(contacts_group)
     root.add_command(demo_command)
     pm.hook.smartpush_register_commands(cli=root)
@@ -285,32 +289,6 @@ def _add_admin_commands(root: click.Group) -> None:
         click.echo(f"source: {keyring.source}")
         for key in keyring.keys():
             click.echo(f"{key.key_id}  {key.status}")
-
-    @root.group()
-    def scheduler():
-        """Run scheduled sync jobs."""
-
-    @scheduler.command("run")
-    @click.option("--loop", is_flag=True, help="Keep polling until interrupted.")
-    @click.option("--interval", default=60.0, show_default=True, help="Seconds between polls with --loop.")
-    @click.option("--once", is_flag=True, help="Run due jobs once and exit (the default).")
-    def scheduler_run(loop, interval, once):
-        """Run the due jobs of every store."""
-        from smartpush_devhost.scheduler import run_loop
-
-        cli = _obj()
-
-        def show(run) -> None:
-            click.echo(f"{run.store_id}/{run.integration}: {run.outcome}")
-
-        if not loop or once:
-            run_loop(cli.host, cli.pm, max_rounds=1, on_run=show)
-            return
-        click.echo(f"polling every {interval:g} s; Ctrl-C to stop", err=True)
-        try:
-            run_loop(cli.host, cli.pm, interval=interval, on_run=show)
-        except KeyboardInterrupt:
-            click.echo("stopped", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:
