@@ -102,7 +102,7 @@ def test_lifecycle_with_a_plugin(run):
     assert run.plugin.seen_keys == [SECRET]
     result = run("authorize", "fake", env={"FAKE_API_KEY": "wrong"})
     assert result.exit_code == 1 and "wrong" not in result.output
-    assert run("sync", "fake").exit_code == 1  # paused: the stored key is wrong now
+    assert run("sync", "fake").exit_code == 3  # paused: the stored key is wrong now
     run("authorize", "fake", env={"FAKE_API_KEY": SECRET})
     result = run("sync", "fake", "--full", "--json")
     assert result.exit_code == 0 and json.loads(result.output)["mode"] == "full"
