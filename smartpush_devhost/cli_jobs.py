@@ -60,11 +60,14 @@ def worker_command(workers, as_json):
 
     The queue is SMARTPUSH_QUEUE_URL (redis://... to run workers on several machines)
     or, by default, the embedded SQLite queue in the data directory. SIGINT lets the
-    running syncs finish; SIGTERM stops at once (their jobs run again after the
-    claim timeout, SMARTPUSH_JOB_CLAIM_SECONDS, default 300).
+    running syncs finish, then exits 130; SIGTERM stops at once and exits 143 (the
+    interrupted jobs run again after the claim timeout, SMARTPUSH_JOB_CLAIM_SECONDS,
+    default 300).
     """
     from smartpush_devhost.engine import run_worker
 
     cli = click.get_current_context().obj
     click.echo(f"worker on {cli.host.queue!r} with {workers} thread(s)", err=True)
-    run_worker(cli.host, cli.pm, workers=workers, on_run=_printer(as_json))
+    code = run_worker(cli.host, cli.pm, workers=workers, on_run=_printer(as_json))
+    if code:
+        raise click.exceptions.Exit(code)

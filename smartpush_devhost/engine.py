@@ -145,16 +145,28 @@ def reconcile(host: "DevHost") -> int:
     return len(rows)
 
 
-def run_worker(host: "DevHost", pm, *, workers: int = 1, on_run=None) -> None:
-    """Run a huey consumer (``workers`` threads) until SIGINT (finish running jobs) or
-    SIGTERM (stop now; an interrupted job's claim expires and it runs again)."""
+def run_worker(host: "DevHost", pm, *, workers: int = 1, on_run=None) -> int:
+    """Run a huey consumer (``workers`` threads) until SIGINT (running syncs finish
+    first) or SIGTERM (stop now: an interrupted job's claim expires without heartbeat
+    and another worker runs it). Returns the exit code: 130 after SIGINT, 143 after
+    SIGTERM, 0 otherwise. Helper processes of interrupted syncs are ended."""
+    import signal
+
     from huey.consumer import Consumer
+
+    from smartpush_devhost import exit_codes
+    from smartpush_devhost.progress import end_helpers
 
     reconcile(host)
     _WORKER.update(host=host, pm=pm, on_run=on_run)
     consumer = Consumer(host.queue.huey, workers=max(1, workers), worker_type="thread", periodic=False,
                         check_worker_health=True)
-    consumer.run()
+    try:
+        consumer.run()
+    finally:
+        end_helpers()
+    signum = getattr(consumer, "_signum", None)  # which signal stopped it (huey keeps it here)
+    return {signal.SIGINT: exit_codes.INTERRUPTED, signal.SIGTERM: exit_codes.TERMINATED}.get(signum, exit_codes.OK)
 
 
 def queue_url_from(env: dict[str, str] | os._Environ, data_dir: Path) -> str:

@@ -214,7 +214,7 @@ def _engine_scenario(tmp_path, db_url, queue_url, n_stores, n_workers, kill):
         runs = [r for i, (out, _) in enumerate(outputs) for r in _runs(out) if not (kill and i == 0)]
         for i, (w, (_, err)) in enumerate(zip(workers, outputs)):
             if not (kill and i == 0):
-                assert w.returncode == 0, err
+                assert w.returncode == 130, err  # stopped by SIGINT after its running syncs
         for store in stores:
             assert _completed(host, store) == 1, f"store {store} completed {_completed(host, store)} syncs"
             mine = sorted((r for r in runs if r["store_id"] == store), key=lambda r: r["started_at"])
@@ -239,3 +239,33 @@ def test_three_workers_on_redis_sync_twenty_stores_once_with_one_worker_killed(t
 def test_embedded_sqlite_queue_worker_syncs_each_store_once(tmp_path, db_url):
     _engine_scenario(tmp_path, db_url, f"sqlite:///{tmp_path / 'home' / 'queue.db'}", n_stores=3, n_workers=1,
                      kill=False)
+
+
+def test_cancel_integration_stops_the_running_job_and_nothing_runs_again(tmp_path, db_url):
+    account = generate_account(profiles=600, seed=48)
+    queue_url = f"sqlite:///{tmp_path / 'home' / 'queue.db'}"
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
+                       latency=0.1, rate_limits=False) as server:
+        env = {**cli_environment(tmp_path, db_url, server), "SMARTPUSH_QUEUE_URL": queue_url,
+               "SMARTPUSH_JOB_CLAIM_SECONDS": str(CLAIM_SECONDS)}
+        host = make_host(db_url, tmp_path, server, SMARTPUSH_QUEUE_URL=queue_url)
+        h = Harness(host=host, server=server, account=account, store="shop")
+        h.install_and_authorize(DEFAULT_API_KEY)
+        worker = _worker(env)
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # the worker holds the store's lease: mid-sync
+                assert time.monotonic() < deadline, "the sync never started"
+                with host.storage.transaction(readonly=True) as tx:
+                    if tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == "shop")).first():
+                        break
+                time.sleep(0.02)
+            h.call("uninstall")
+            assert _job(host, "shop") is None
+            time.sleep(CLAIM_SECONDS * 2)  # past any follow-up: nothing may run again
+        finally:
+            worker.send_signal(signal.SIGINT)
+            out, err = worker.communicate(timeout=60)
+        assert [r["outcome"] for r in _runs(out)] == ["cancelled"], err
+        assert _completed(host, "shop") == 0
+        host.close()
