@@ -303,7 +303,10 @@ def run_due(
         if c is None:
             log.debug("job %s/%s taken by another worker", job.store_id, job.integration)
             continue
-        runs.append(run_claimed(host, pm, c))
+        run = run_claimed(host, pm, c)
+        if run.next_version is not None:  # keep a job engine's queue in step with this run
+            host.queue.enqueue(run.store_id, run.integration, run.next_version, run.next_run_at)
+        runs.append(run)
     return runs
 
 

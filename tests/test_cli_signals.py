@@ -102,3 +102,25 @@ def test_exit_codes_and_version(tmp_path, db_url, slow_server):
     host.close()
     for args in (["plan", "show"], ["keys", "status"], ["contacts", "count"], ["stores"], ["apps"]):
         json.loads(smartpush(env, *args, "--json").stdout)
+
+
+def test_progress_view_prints_plain_lines_with_counts_when_not_a_tty(capsys):
+    from datetime import datetime, timezone
+
+    from hookspecs.types import IntegrationState, IntegrationStatus, SyncProgress
+    from smartpush_devhost.progress import ProgressView
+
+    states = iter(range(1, 1000))
+
+    def poll():
+        n = next(states)
+        return IntegrationStatus(
+            integration="klaviyo", store_id="s", installed=True, state=IntegrationState.SYNCING,
+            progress=SyncProgress(phase="profiles_and_memberships", done=n * 100, total=5000, unit="profiles",
+                                  updated_at=datetime.now(timezone.utc)))
+
+    with ProgressView(poll, tty=False, interval=0.01, plain_every=0.05):
+        time.sleep(0.3)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert 2 <= len(lines) <= 10  # throttled, not one line per poll
+    assert all("profiles_and_memberships:" in ln and "/5000 profiles" in ln for ln in lines)
