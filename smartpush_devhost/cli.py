@@ -79,12 +79,26 @@ class SmartPushGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
-        except (CryptoError, ValueError, LookupError, PermissionError) as exc:
-            log.debug("command failed", exc_info=True)
-            raise CliError(f"{exc}") from None
         except Exception as exc:
+            interrupt = _interrupt_behind(exc)
+            if interrupt is not None:  # a clean-up that failed because the run was interrupted
+                log.debug("failure while stopping", exc_info=True)
+                raise interrupt from None
             log.debug("command failed", exc_info=True)
+            if isinstance(exc, (CryptoError, ValueError, LookupError, PermissionError)):
+                raise CliError(f"{exc}") from None
             raise CliError(f"unexpected {type(exc).__name__} (run with -v for details)") from None
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM an exception was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _setup_logging(verbose: int) -> None:
