@@ -49,7 +49,7 @@ def end_helpers(timeout: float = 5.0) -> None:
     import psutil
 
     me = psutil.Process()
-    children = me.children(recursive=True)
+    children = [c for c in me.children(recursive=True) if not _is_resource_tracker(c)]
     for child in children:
         try:
             child.terminate()
@@ -62,6 +62,17 @@ def end_helpers(timeout: float = 5.0) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=timeout)
+
+
+def _is_resource_tracker(proc) -> bool:
+    # multiprocessing's resource tracker ignores SIGTERM by design and exits by itself
+    # once this process has exited (end of its pipe), after releasing what helpers leaked
+    import psutil
+
+    try:
+        return any("resource_tracker" in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _figures(status: Any) -> tuple[str, int | None, int | None, str]:
