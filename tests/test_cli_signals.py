@@ -124,3 +124,35 @@ def test_progress_view_prints_plain_lines_with_counts_when_not_a_tty(capsys):
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert 2 <= len(lines) <= 10  # throttled, not one line per poll
     assert all("profiles_and_memberships:" in ln and "/5000 profiles" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_scheduler_loop_during_a_first_sync_keeps_it_due_now(tmp_path, db_url, slow_server):
+    """The issue's report: the first import must not slip by a day after Ctrl-C."""
+    from smartpush_devhost.models import utcnow
+    from tests.harness import make_host
+
+    env = cli_environment(tmp_path, db_url, slow_server)
+    smartpush(env, "install", "klaviyo")
+    smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    proc = subprocess.Popen(["smartpush", "scheduler", "run", "--loop", "--interval", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    host = make_host(db_url, tmp_path, slow_server)
+    from smartpush_plugin_klaviyo.state import lease_t
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None
+        with host.storage.transaction(readonly=True) as tx:
+            if tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == "default")).first():
+                break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert host.context("default").scheduler.next_run("klaviyo") <= utcnow()
+    done = json.loads(smartpush(env, "scheduler", "run", "--json").stdout.splitlines()[0])
+    assert done["outcome"] == "completed"
+    host.close()
