@@ -312,12 +312,17 @@ def _add_admin_commands(root: click.Group) -> None:
         )
 
     @keys.command("reencrypt")
-    def keys_reencrypt():
+    @click.option("--json", "as_json", is_flag=True)
+    def keys_reencrypt(as_json):
         """Re-encrypt everything under the active key (after changing SMARTPUSH_MASTER_KEY)."""
         from smartpush_devhost.rotation import reencrypt_all
 
         host = _obj().host
         contacts, secrets = reencrypt_all(host.storage, host.keyring)
+        if as_json:
+            click.echo(json.dumps({"active_key": host.keyring.active_id, "contacts_reencrypted": contacts,
+                                   "secrets_reencrypted": secrets}))
+            return
         click.echo(f"re-encrypted {contacts} contacts and {secrets} secrets under key {host.keyring.active_id}")
 
     @keys.command("status")

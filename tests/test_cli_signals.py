@@ -100,8 +100,11 @@ def test_exit_codes_and_version(tmp_path, db_url, slow_server):
     busy = smartpush(env, "sync", "klaviyo", "--json", check=False)
     assert busy.returncode == 4 and json.loads(busy.stdout)["outcome"] == "already_running"
     host.close()
-    for args in (["plan", "show"], ["keys", "status"], ["contacts", "count"], ["stores"], ["apps"]):
+    for args in (["plan", "show"], ["keys", "status"], ["keys", "reencrypt"], ["contacts", "count"], ["stores"],
+                 ["apps"], ["status", "klaviyo"]):
         json.loads(smartpush(env, *args, "--json").stdout)
+    for args in (["klaviyo", "events"], ["klaviyo", "skipped"]):  # JSON lines (none yet)
+        assert all(json.loads(line) for line in smartpush(env, *args, "--json").stdout.splitlines())
 
 
 def test_progress_view_prints_plain_lines_with_counts_when_not_a_tty(capsys):
