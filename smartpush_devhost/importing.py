@@ -30,6 +30,7 @@ from sqlalchemy import select
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 from smartpush_devhost.contacts import CHUNK, SqlContactStore
 from smartpush_devhost.ids import new_uids
+from smartpush_devhost.models import tags_t
 from smartpush_devhost.storage import SqlStorage
 
 SUBSCRIPTION_VALUES = {"subscribed", "unsubscribed", "never_subscribed"}
@@ -39,6 +40,9 @@ MAX_LINE_BYTES = 1 << 20
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson reads and writes exactly
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _UID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # PostgreSQL text cannot hold NUL; none belongs in a tag
+_TAG_LENGTH = getattr(tags_t.c.tag.type, "length", None)
+"""The tag column's length limit, if it has one (tags are plain columns, not encrypted)."""
 
 
 @dataclass
@@ -151,6 +155,11 @@ def parse_line(line: bytes | str) -> tuple[str | None, NewContact, list[str]]:
     tags = record.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
         raise LineError("tags must be a list of non-empty strings")
+    for tag in tags:
+        if _CONTROL.search(tag):
+            raise LineError("a tag holds a control character")
+        if _TAG_LENGTH is not None and len(tag) > _TAG_LENGTH:
+            raise LineError(f"a tag is longer than {_TAG_LENGTH} characters")
     contact = NewContact(email=email, phone=phone, name=_opt_str(record, "name"), country=_opt_str(record, "country"),
                          properties=properties, **statuses)
     return uid, contact, tags

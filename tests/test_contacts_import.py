@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from smartpush_devhost.host import DevHost
-from smartpush_devhost.importing import MAX_DEPTH, import_contacts
+from smartpush_devhost.importing import _TAG_LENGTH, MAX_DEPTH, import_contacts
 from smartpush_devhost.transfer import iter_export
 
 
@@ -84,6 +84,9 @@ BAD_LINES = [
     (b'{"email": "b@example.com", "properties": {"p": ' + b"9" * 400 + b"}}", "a number is too large"),
     (b'{"email": "f@example.com", "properties": {"p": 1e400}}', "a number is too large"),
     (b'{"email": "s@example.com", "properties": {"p": "\\ud800"}}', "invalid surrogate"),
+    (b'{"email": "t@example.com", "tags": ["a\\u0000b"]}', "control character"),
+    *([(b'{"email": "t2@example.com", "tags": ["' + b"x" * (_TAG_LENGTH + 1) + b'"]}', "a tag is longer than")]
+      if _TAG_LENGTH else []),  # only while the tag column has a length limit
 ]
 
 
