@@ -26,6 +26,7 @@ import orjson
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 from smartpush_devhost.contacts import CHUNK, SqlContactStore
@@ -240,15 +241,34 @@ class _Batch:
 
 def import_contacts(storage: SqlStorage, contacts: SqlContactStore, lines: Iterable[bytes | str],
                     batch: int = CHUNK) -> ImportResult:
-    """Merge JSON lines into the store (see the module docstring); each batch commits on its own."""
+    """Merge JSON lines into the store (see the module docstring). Each batch commits on
+    its own; a batch the database refuses is retried line by line, so only the refused
+    line is skipped."""
     result = ImportResult()
     pending: list[_Line] = []
 
+    def commit(lines: list[_Line]) -> None:
+        part = ImportResult()  # counted only once its transaction committed
+        with storage.transaction() as tx:
+            _Batch(tx, contacts, part).run(lines)
+        result.created += part.created
+        result.updated += part.updated
+        result.unchanged += part.unchanged
+        result.skipped += part.skipped
+
     def flush() -> None:
-        if pending:
-            with storage.transaction() as tx:
-                _Batch(tx, contacts, result).run(pending)
-            pending.clear()
+        if not pending:
+            return
+        try:
+            commit(pending)
+        except SQLAlchemyError:  # one line the database refuses must not cost the others
+            for ln in pending:
+                try:
+                    commit([ln])
+                except SQLAlchemyError as exc:
+                    cause = type(getattr(exc, "orig", None) or exc).__name__
+                    result.skipped.append((ln.lineno, f"the database refused it ({cause})"))
+        pending.clear()
 
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

@@ -132,3 +132,24 @@ def host(tmp_path, db_url):
     h = DevHost(db_url, tmp_path / "home", env={})
     yield h
     h.close()
+
+
+def test_a_line_the_database_refuses_is_skipped_alone(host, store_ids):
+    """A line only the database refuses (here a real CHECK / trigger on the real table) is
+    skipped with a reason; the other lines of its batch are imported."""
+    from sqlalchemy import text
+
+    (store,) = store_ids(1)
+    contacts = host.contacts(store)
+    # a real CHECK added to the real table: names "refuse-me" are refused by the database itself
+    with host.storage.transaction() as tx:
+        if host.storage.engine.dialect.name == "postgresql":
+            tx.execute(text("ALTER TABLE sp_contact_tags ADD CONSTRAINT no_refused CHECK (tag <> 'refuse-me')"))
+        else:
+            tx.execute(text("CREATE TRIGGER no_refused BEFORE INSERT ON sp_contact_tags WHEN NEW.tag = 'refuse-me' "
+                            "BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    result = import_contacts(host.storage, contacts, _lines(
+        {"email": "a@example.com"}, {"email": "b@example.com", "tags": ["refuse-me"]}, {"email": "c@example.com"}))
+    assert (result.created, [n for n, _ in result.skipped]) == (2, [2])
+    assert "the database refused it" in result.skipped[0][1]
+    assert sorted(r["email"] for r in _export(host, store)) == ["a@example.com", "c@example.com"]
