@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -18,6 +19,7 @@ import click
 import pluggy
 
 import hookspecs
+from smartpush_devhost import exit_codes
 from smartpush_devhost.crypto import CryptoError
 from smartpush_devhost.formatting import format_report, format_status
 from smartpush_devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
@@ -26,8 +28,7 @@ from hookspecs.interfaces import HostContext
 
 log = logging.getLogger("smartpush")
 
-EXIT_NO_PLUGIN = 2
-FAILED_OUTCOMES = {"paused", "failed", "not_installed"}
+EXIT_NO_PLUGIN = exit_codes.USAGE
 
 
 class CliError(click.ClickException):
@@ -78,12 +79,26 @@ class SmartPushGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
-        except (CryptoError, ValueError, LookupError, PermissionError) as exc:
-            log.debug("command failed", exc_info=True)
-            raise CliError(f"{exc}") from None
         except Exception as exc:
+            interrupt = _interrupt_behind(exc)
+            if interrupt is not None:  # a clean-up that failed because the run was interrupted
+                log.debug("failure while stopping", exc_info=True)
+                raise interrupt from None
             log.debug("command failed", exc_info=True)
+            if isinstance(exc, (CryptoError, ValueError, LookupError, PermissionError)):
+                raise CliError(f"{exc}") from None
             raise CliError(f"unexpected {type(exc).__name__} (run with -v for details)") from None
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM an exception was raised while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _setup_logging(verbose: int) -> None:
@@ -118,6 +133,7 @@ def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
     @click.option("--home", envvar=ENV_HOME, metavar="DIR", type=click.Path(file_okay=False),
                   help="Data directory (default ./.smartpush).")
     @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+    @click.version_option(package_name="smartpush-plugin-klaviyo", prog_name="smartpush")
     @click.pass_context
     def root(ctx: click.Context, database_url, store, home, verbose):
         """SmartPush development host: drive integration plugins against a local database."""
@@ -130,6 +146,10 @@ def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
     from smartpush_devhost.cli_contacts import contacts_group
     from smartpush_devhost.cli_demo import demo_command
 
+    from smartpush_devhost.cli_jobs import scheduler_group, worker_command
+
+    root.add_command(scheduler_group)
+    root.add_command(worker_command)
     root.add_command(contacts_group)
     root.add_command(demo_command)
     pm.hook.smartpush_register_commands(cli=root)
@@ -189,15 +209,28 @@ def _add_integration_commands(root: click.Group, pm: pluggy.PluginManager) -> No
     @click.argument("name")
     @click.option("--full", is_flag=True, help="Re-read the whole account instead of what changed.")
     @click.option("--json", "as_json", is_flag=True)
-    def sync(name, full, as_json):
-        """Run one sync of integration NAME (exit 1 when paused or failed)."""
-        report = _require(
-            pm.hook.smartpush_sync(integration=name, host=_obj().host_context(), mode="full" if full else "incremental"),
-            name,
-        )
+    @click.option("--progress/--no-progress", default=True, show_default=True,
+                  help="Show progress on stderr (a bar with ETA on a terminal, plain lines otherwise).")
+    def sync(name, full, as_json, progress):
+        """Run one sync of integration NAME.
+
+        Exit 0 completed, 1 failed, 3 paused or not installed, 4 already running,
+        5 cancelled; 130 (Ctrl-C) or 143 (SIGTERM) when stopped: the run resumes next time.
+        """
+        from smartpush_devhost.progress import ProgressView
+
+        cli = _obj()
+        ctx = cli.host_context()
+        mode = "full" if full else "incremental"
+        if progress:
+            with ProgressView(lambda: pm.hook.smartpush_status(integration=name, host=cli.host_context())):
+                report = _require(pm.hook.smartpush_sync(integration=name, host=ctx, mode=mode), name)
+        else:
+            report = _require(pm.hook.smartpush_sync(integration=name, host=ctx, mode=mode), name)
         _echo_json(report) if as_json else click.echo(format_report(report))
-        if report.outcome in FAILED_OUTCOMES:
-            raise click.exceptions.Exit(1)
+        code = exit_codes.for_outcome(report.outcome)
+        if code:
+            raise click.exceptions.Exit(code)
 
     @root.command()
     @click.argument("name")
@@ -239,10 +272,12 @@ def _add_admin_commands(root: click.Group) -> None:
         """Show or change the store's plan."""
 
     @plan.command("show")
-    def plan_show():
+    @click.option("--json", "as_json", is_flag=True)
+    def plan_show(as_json):
         """Print the store's plan."""
         cli = _obj()
-        click.echo(cli.host.plan(cli.store).name)
+        name = cli.host.plan(cli.store).name
+        click.echo(json.dumps({"store_id": cli.store, "plan": name}) if as_json else name)
 
     @plan.command("set")
     @click.argument("name", type=click.Choice(sorted(PLAN_FEATURES)))
@@ -259,10 +294,17 @@ def _add_admin_commands(root: click.Group) -> None:
 
     @keys.command("rotate")
     @click.option("--batch-size", default=500, show_default=True)
-    def keys_rotate(batch_size):
+    @click.option("--json", "as_json", is_flag=True)
+    def keys_rotate(batch_size, as_json):
         """New active master key; re-encrypt every contact and secret; retire the old key."""
         t0 = time.monotonic()
         report = _obj().host.rotate_keys(batch_size=batch_size)
+        if as_json:
+            click.echo(json.dumps({"active_key": report.new_key_id, "contacts_reencrypted": report.contacts_reencrypted,
+                                   "secrets_reencrypted": report.secrets_reencrypted,
+                                   "retired_keys": list(report.retired_key_ids),
+                                   "seconds": round(time.monotonic() - t0, 3)}, indent=2))
+            return
         click.echo(
             f"active key {report.new_key_id}; re-encrypted {report.contacts_reencrypted} contacts and "
             f"{report.secrets_reencrypted} secrets in {time.monotonic() - t0:.1f} s; "
@@ -270,57 +312,72 @@ def _add_admin_commands(root: click.Group) -> None:
         )
 
     @keys.command("reencrypt")
-    def keys_reencrypt():
+    @click.option("--json", "as_json", is_flag=True)
+    def keys_reencrypt(as_json):
         """Re-encrypt everything under the active key (after changing SMARTPUSH_MASTER_KEY)."""
         from smartpush_devhost.rotation import reencrypt_all
 
         host = _obj().host
         contacts, secrets = reencrypt_all(host.storage, host.keyring)
+        if as_json:
+            click.echo(json.dumps({"active_key": host.keyring.active_id, "contacts_reencrypted": contacts,
+                                   "secrets_reencrypted": secrets}))
+            return
         click.echo(f"re-encrypted {contacts} contacts and {secrets} secrets under key {host.keyring.active_id}")
 
     @keys.command("status")
-    def keys_status():
+    @click.option("--json", "as_json", is_flag=True)
+    def keys_status(as_json):
         """List the key ids and their status (never key material)."""
         keyring = _obj().host.keyring
+        if as_json:
+            click.echo(json.dumps({"source": keyring.source,
+                                   "keys": [{"key_id": k.key_id, "status": k.status} for k in keyring.keys()]}, indent=2))
+            return
         click.echo(f"source: {keyring.source}")
         for key in keyring.keys():
             click.echo(f"{key.key_id}  {key.status}")
 
-    @root.group()
-    def scheduler():
-        """Run scheduled sync jobs."""
-
-    @scheduler.command("run")
-    @click.option("--loop", is_flag=True, help="Keep polling until interrupted.")
-    @click.option("--interval", default=60.0, show_default=True, help="Seconds between polls with --loop.")
-    @click.option("--once", is_flag=True, help="Run due jobs once and exit (the default).")
-    def scheduler_run(loop, interval, once):
-        """Run the due jobs of every store."""
-        from smartpush_devhost.scheduler import run_loop
-
-        cli = _obj()
-
-        def show(run) -> None:
-            click.echo(f"{run.store_id}/{run.integration}: {run.outcome}")
-
-        if not loop or once:
-            run_loop(cli.host, cli.pm, max_rounds=1, on_run=show)
-            return
-        click.echo(f"polling every {interval:g} s; Ctrl-C to stop", err=True)
-        try:
-            run_loop(cli.host, cli.pm, interval=interval, on_run=show)
-        except KeyboardInterrupt:
-            click.echo("stopped", err=True)
-
 
 def main(argv: list[str] | None = None) -> None:
-    """Console script entry point (``smartpush``)."""
+    """Console script entry point (``smartpush``).
+
+    Ctrl-C and SIGTERM stop without a traceback: the sync unwinds (checkpoints kept,
+    lease released), leftover helper processes are ended, and the exit code is 130 or
+    143. See :mod:`smartpush_devhost.exit_codes` for the others.
+    """
+    from smartpush_devhost.progress import end_helpers, interrupted_exit_code, stop_on_signals
+
+    stop_on_signals()
     try:
         cli = build_cli()
     except Exception as exc:  # a broken plugin must fail loudly, not silently vanish
         click.echo(f"Error: could not load plugins: {type(exc).__name__}: {exc}", err=True)
-        raise SystemExit(1) from None
-    cli.main(args=argv, prog_name="smartpush")
+        raise SystemExit(exit_codes.FAILED) from None
+    try:
+        rv = cli.main(args=argv, prog_name="smartpush", standalone_mode=False)
+    except click.Abort as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise SystemExit(_interrupted(cause, end_helpers, interrupted_exit_code)) from None
+        click.echo("Aborted!", err=True)
+        raise SystemExit(exit_codes.FAILED) from None
+    except KeyboardInterrupt as exc:  # raised outside click's own handling (e.g. while closing)
+        raise SystemExit(_interrupted(exc, end_helpers, interrupted_exit_code)) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    raise SystemExit(rv if isinstance(rv, int) else exit_codes.OK)
+
+
+def _interrupted(exc: BaseException, end_helpers, code_of) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    end_helpers()
+    code = code_of(exc)
+    what = "terminated" if code == exit_codes.TERMINATED else "interrupted"
+    click.echo(f"{what}: stopped cleanly; the next run resumes where this one stopped", err=True)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import click
 
+from smartpush_devhost import exit_codes
 from smartpush_devhost.transfer import export_contacts, import_contacts
 
 
@@ -38,30 +40,41 @@ def export_cmd(output):
 
 
 @contacts_group.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8"))
-def import_cmd(file):
-    """Create the store's pre-existing contacts from JSON lines (FILE or - for stdin).
+@click.argument("file", type=click.File("rb"))
+@click.option("--json", "as_json", is_flag=True, help="Print the counts and skipped lines as JSON.")
+def import_cmd(file, as_json):
+    """Merge the store's pre-existing contacts from JSON lines (FILE or - for stdin).
 
     Fields: email, phone (E.164), name, country, email_subscription,
-    sms_subscription, properties (object), tags (list), uid (optional: a uid already
-    in this store updates that contact). Bad lines are skipped and reported.
+    sms_subscription, properties (object), tags (list), uid (optional). A line is
+    matched to a contact of this store by uid, then email, then phone, and merged
+    into it; otherwise a contact is created. Importing the same file again changes
+    nothing. Bad lines are skipped with their number and reason; then the command
+    exits 6 and says how many.
     """
     cli = _cli()
     host = cli.host
     host.ensure_store(cli.store)
     result = import_contacts(host.storage, host.contacts(cli.store), file)
-    click.echo(
-        f"store {cli.store}: created {result.created}, updated {result.updated}, skipped {len(result.skipped)}"
-    )
+    if as_json:
+        click.echo(json.dumps({"store_id": cli.store, **result.as_dict()}, indent=2))
+    else:
+        click.echo(f"store {cli.store}: created {result.created}, updated {result.updated}, "
+                   f"unchanged {result.unchanged}, skipped {len(result.skipped)}")
     for lineno, reason in result.skipped:
         click.echo(f"  line {lineno}: {reason}", err=True)
+    if result.skipped:
+        click.echo(f"Error: {len(result.skipped)} line(s) skipped, the rest imported", err=True)
+        raise click.exceptions.Exit(exit_codes.LINES_SKIPPED)
 
 
 @contacts_group.command("count")
-def count_cmd():
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def count_cmd(as_json):
     """Print how many contacts the store holds."""
     cli = _cli()
     host = cli.host
     host.ensure_store(cli.store)
     with host.storage.transaction(readonly=True) as tx:
-        click.echo(host.contacts(cli.store).count(tx))
+        n = host.contacts(cli.store).count(tx)
+    click.echo(json.dumps({"store_id": cli.store, "contacts": n}) if as_json else n)

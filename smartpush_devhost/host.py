@@ -70,6 +70,19 @@ def default_database_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'smartpush.db'}"
 
 
+class _LazyQueue:
+    """Opens the host's queue only when a job is actually (un)scheduled."""
+
+    def __init__(self, host: "DevHost"):
+        self._host = host
+
+    def enqueue(self, store_id, integration, version, eta) -> None:
+        self._host.queue.enqueue(store_id, integration, version, eta)
+
+    def revoke(self, store_id, integration, version) -> None:
+        self._host.queue.revoke(store_id, integration, version)
+
+
 class DevHost:
     """A development host: one database, one keyring, any number of stores.
 
@@ -103,9 +116,22 @@ class DevHost:
         self.storage = SqlStorage(self.database_url)
         self.storage.create_all()
         self._known_stores: set[str] = set()
+        from smartpush_devhost.engine import queue_url_from
+
+        self.queue_url = self.settings.get("SMARTPUSH_QUEUE_URL") or queue_url_from(env, self.data_dir)
+        self._queue = None
 
     def __repr__(self) -> str:
         return f"DevHost(storage={self.storage!r}, data_dir={str(self.data_dir)!r})"
+
+    @property
+    def queue(self):
+        """The job engine's queue (:class:`smartpush_devhost.engine.HueyJobQueue`), opened on first use."""
+        if self._queue is None:
+            from smartpush_devhost.engine import HueyJobQueue
+
+            self._queue = HueyJobQueue(self.queue_url)
+        return self._queue
 
     # --------------------------------------------------------------- stores
     def ensure_store(self, store_id: str) -> None:
@@ -142,7 +168,7 @@ class DevHost:
             store_id=store_id,
             storage=self.storage,
             contacts=SqlContactStore(store_id, self.keyring),
-            scheduler=SqlScheduler(self.storage, store_id),
+            scheduler=SqlScheduler(self.storage, store_id, _LazyQueue(self)),
             plan=SqlPlan(self.storage, store_id),
             secrets=SqlSecretStore(self.storage, self.keyring, store_id),
             settings=dict(self.settings),

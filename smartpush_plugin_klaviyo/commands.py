@@ -41,7 +41,8 @@ def register(cli: click.Group) -> None:
 
     @klaviyo_group.command(name="events")
     @click.option("--limit", default=100, show_default=True)
-    def events(limit: int) -> None:
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+    def events(limit: int, as_json: bool) -> None:
         """Recent sync events: duplicate profiles merged, tag collisions."""
         ctx = _context()
         create_tables(ctx.storage.engine)
@@ -53,4 +54,7 @@ def register(cli: click.Group) -> None:
                 .limit(limit)
             ).all()
         for at, kind, detail in rows:
-            click.echo(f"{at:%Y-%m-%d %H:%M:%S}\t{kind}\t{detail}")
+            if as_json:
+                click.echo(json.dumps({"at": at.isoformat() if at else None, "kind": kind, "detail": detail}))
+            else:
+                click.echo(f"{at:%Y-%m-%d %H:%M:%S}\t{kind}\t{detail}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -84,6 +85,12 @@ def default_processes() -> int:
 
 def _ready(_: int) -> int:
     return os.getpid()
+
+
+def _ignore_interrupts() -> None:
+    """Helper initializer: a terminal's Ctrl-C reaches the whole process group; the main
+    process decides how to stop and shuts the pool down, so helpers print no traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _context():
@@ -160,7 +167,8 @@ class ProfilePageDecoder:
     def _start_pool(self) -> None:
         pool = None
         try:
-            pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_context())
+            pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_context(),
+                                       initializer=_ignore_interrupts)
             # Wait until every helper is up, so no fetch thread waits for a start-up.
             list(pool.map(_ready, range(self.processes)))
         except Exception as exc:  # e.g. a daemonic host process may not have children

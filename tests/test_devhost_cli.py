@@ -102,7 +102,7 @@ def test_lifecycle_with_a_plugin(run):
     assert run.plugin.seen_keys == [SECRET]
     result = run("authorize", "fake", env={"FAKE_API_KEY": "wrong"})
     assert result.exit_code == 1 and "wrong" not in result.output
-    assert run("sync", "fake").exit_code == 1  # paused: the stored key is wrong now
+    assert run("sync", "fake").exit_code == 3  # paused: the stored key is wrong now
     run("authorize", "fake", env={"FAKE_API_KEY": SECRET})
     result = run("sync", "fake", "--full", "--json")
     assert result.exit_code == 0 and json.loads(result.output)["mode"] == "full"
@@ -142,13 +142,15 @@ def test_contacts_import_export_round_trip(run, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
     result = run("contacts", "import", str(src))
-    assert result.exit_code == 0
-    assert "created 2, updated 0, skipped 5" in result.output
+    assert result.exit_code == 6  # lines were skipped
+    assert "created 2, updated 0, unchanged 0, skipped 5" in result.output
+    assert "5 line(s) skipped" in result.output
     assert "line 3: invalid email" in result.output and "line 4: phone is not E.164" in result.output
     assert run("contacts", "count").output.strip() == "2"
     # re-importing a known uid updates it
     src.write_text(json.dumps({"uid": "sp_custom_1", "phone": "+447911123456", "name": "Bob"}) + "\n")
-    assert "created 0, updated 1" in run("contacts", "import", str(src)).output
+    assert "created 0, updated 1, unchanged 0, skipped 0" in run("contacts", "import", str(src)).output
+    assert "created 0, updated 0, unchanged 1, skipped 0" in run("contacts", "import", str(src)).output
 
     out = tmp_path / "out.jsonl"
     assert run("contacts", "export", "--output", str(out)).exit_code == 0

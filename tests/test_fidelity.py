@@ -739,7 +739,7 @@ def test_api_key_never_appears_in_output_status_or_debug_logs(env, tmp_path, ser
     # the key is revoked: the sync pauses, and the pause is explained without the key
     server.api_keys.pop(DEFAULT_API_KEY)
     paused = run("-vv", "sync", "klaviyo", real=True, check=False)
-    assert paused.returncode == 1
+    assert paused.returncode == 3  # paused
     status = run("-vv", "status", "klaviyo", "--json", real=True)
     assert json.loads(status.stdout)["state"] == "sync_paused"
     server.api_keys[DEFAULT_API_KEY] = ALL_SCOPES

@@ -1,0 +1,161 @@
+"""The real ``smartpush`` command stopped by Ctrl-C (SIGINT) or SIGTERM mid-sync: no
+traceback, exit 130/143, no helper process left, and the next run completes; and the
+documented exit codes and ``--version``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
+
+from tests import expectations as exp
+from tests.harness import CLOCK_SCALE, cli_environment
+from tests.test_end_to_end_cli import export, smartpush
+
+
+@pytest.fixture(scope="module")
+def account():
+    return generate_account(profiles=1500, seed=61)
+
+
+@pytest.fixture
+def slow_server(account):
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
+                       latency=0.08) as srv:
+        yield srv
+
+
+def _descendants(pid: int) -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_sync_stops_cleanly_and_the_next_run_completes(tmp_path, db_url, slow_server, account,
+                                                                    signum, code):
+    env = {**cli_environment(tmp_path, db_url, slow_server), "KLAVIYO_MAP_PROCESSES": "2",
+           "KLAVIYO_MAP_PROCESSES_AFTER": "0"}
+    smartpush(env, "install", "klaviyo")
+    smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    helpers: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(helpers) < 3:  # the forkserver and its two helpers are up: the sync is decoding pages
+        assert proc.poll() is None and time.monotonic() < deadline, "the sync ended before helpers started"
+        helpers |= _descendants(proc.pid)
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the sync finished before the signal"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "Traceback" not in out
+    assert "stopped cleanly" in err
+    time.sleep(0.2)
+    assert not [pid for pid in helpers if _alive(pid)], "helper processes outlived the command"
+    status = json.loads(smartpush(env, "status", "klaviyo", "--json").stdout)
+    assert status["state"] != "sync_paused"
+    # the next run resumes and completes: every importable profile arrives exactly once
+    report = json.loads(smartpush(env, "sync", "klaviyo", "--json", "--no-progress").stdout)
+    assert report["outcome"] == "completed"
+    contacts = export(env, tmp_path)
+    kids = [k for c in contacts for k in c["klaviyo_ids"]]
+    assert len(kids) == len(set(kids))
+    importable = {p["id"] for p in account.iter_profiles() if exp.valid_email(p["attributes"].get("email"))}
+    assert importable <= set(kids)
+
+
+def test_exit_codes_and_version(tmp_path, db_url, slow_server):
+    env = cli_environment(tmp_path, db_url, slow_server)
+    version = smartpush(env, "--version")
+    assert version.stdout.startswith("smartpush, version ")
+    assert smartpush(env, "sync", "klaviyo", check=False).returncode == 3  # not installed
+    smartpush(env, "install", "klaviyo")
+    assert smartpush(env, "sync", "klaviyo", check=False).returncode == 3  # pending: no key
+    assert smartpush(env, "sync", "nosuch", check=False).returncode == 2
+    assert smartpush(env, "nosuchcommand", check=False).returncode == 2
+    # a sync while another worker holds the store's lease: already running
+    from smartpush_plugin_klaviyo import lease
+    from tests.harness import make_host
+
+    smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    host = make_host(env["SMARTPUSH_DATABASE_URL"], tmp_path, slow_server)
+    assert lease.acquire(host.storage, "default", lease.new_owner_id())
+    busy = smartpush(env, "sync", "klaviyo", "--json", check=False)
+    assert busy.returncode == 4 and json.loads(busy.stdout)["outcome"] == "already_running"
+    host.close()
+    for args in (["plan", "show"], ["keys", "status"], ["keys", "reencrypt"], ["contacts", "count"], ["stores"],
+                 ["apps"], ["status", "klaviyo"]):
+        json.loads(smartpush(env, *args, "--json").stdout)
+    for args in (["klaviyo", "events"], ["klaviyo", "skipped"]):  # JSON lines (none yet)
+        assert all(json.loads(line) for line in smartpush(env, *args, "--json").stdout.splitlines())
+
+
+def test_progress_view_prints_plain_lines_with_counts_when_not_a_tty(capsys):
+    from datetime import datetime, timezone
+
+    from hookspecs.types import IntegrationState, IntegrationStatus, SyncProgress
+    from smartpush_devhost.progress import ProgressView
+
+    states = iter(range(1, 1000))
+
+    def poll():
+        n = next(states)
+        return IntegrationStatus(
+            integration="klaviyo", store_id="s", installed=True, state=IntegrationState.SYNCING,
+            progress=SyncProgress(phase="profiles_and_memberships", done=n * 100, total=5000, unit="profiles",
+                                  updated_at=datetime.now(timezone.utc)))
+
+    with ProgressView(poll, tty=False, interval=0.01, plain_every=0.05):
+        time.sleep(0.3)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert 2 <= len(lines) <= 10  # throttled, not one line per poll
+    assert all("profiles_and_memberships:" in ln and "/5000 profiles" in ln for ln in lines)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_scheduler_loop_during_a_first_sync_keeps_it_due_now(tmp_path, db_url, slow_server):
+    """The issue's report: the first import must not slip by a day after Ctrl-C."""
+    from smartpush_devhost.models import utcnow
+    from tests.harness import make_host
+
+    env = cli_environment(tmp_path, db_url, slow_server)
+    smartpush(env, "install", "klaviyo")
+    smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    proc = subprocess.Popen(["smartpush", "scheduler", "run", "--loop", "--interval", "1"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    host = make_host(db_url, tmp_path, slow_server)
+    from smartpush_plugin_klaviyo.state import lease_t
+    from sqlalchemy import select
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline and proc.poll() is None
+        with host.storage.transaction(readonly=True) as tx:
+            if tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == "default")).first():
+                break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert host.context("default").scheduler.next_run("klaviyo") <= utcnow()
+    done = json.loads(smartpush(env, "scheduler", "run", "--json").stdout.splitlines()[0])
+    assert done["outcome"] == "completed"
+    host.close()
