@@ -39,6 +39,8 @@ class PauseReason(str, Enum):
     """Repeated sync errors (Klaviyo unreachable, bad responses) with no progress."""
     PLAN_DOWNGRADED = "plan_downgraded"
     """The merchant's plan no longer includes this integration."""
+    API_REVISION_UNSUPPORTED = "api_revision_unsupported"
+    """The source API no longer accepts the API revision the integration sends (retired)."""
 
 
 class IntegrationInfo(BaseModel):

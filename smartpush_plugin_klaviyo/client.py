@@ -47,6 +47,7 @@ from smartpush_plugin_klaviyo.errors import (
     MissingScopeError,
     NotFoundError,
     RateLimitedError,
+    RevisionUnsupportedError,
     SyncCancelled,
     TransientError,
 )
@@ -384,6 +385,13 @@ class KlaviyoClient:
         errors = _jsonapi_errors(response)
         code, detail = _error_code_detail(errors)
         common = dict(status=status, endpoint=template, code=code, detail=detail, secrets=self._secrets)
+        revision_refused = status == 410 or (
+            status == 400
+            and any(isinstance(e.get("source"), dict) and e["source"].get("parameter") == "revision" for e in errors or ())
+        )
+        if revision_refused:
+            # A retired revision answers 410 Gone; an unknown one a 400 on the header.
+            return RevisionUnsupportedError(revision=self.revision, **common)
         if status == 401 or (status == 403 and code in KEY_REJECTED_CODES):
             # The spec ties no status to a rejected key (every error is a 4XX ClientError
             # with a free ``code``): a 403 whose code says the key itself was refused is

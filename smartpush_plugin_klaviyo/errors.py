@@ -11,6 +11,7 @@
     │   ├── BadRequestError          400 (invalid_cursor)
     │   ├── NotFoundError            404
     │   ├── PaginationError          a ``links.next`` chain that repeats a cursor or never ends
+    │   ├── RevisionUnsupportedError 410, or a 400 refusing the ``revision`` header
     │   └── ForeignURLError          a ``links.next`` pointing outside the configured base URL
     ├── SyncCancelled                the sync was asked to stop (uninstall, host request)
     ├── LeaseUnavailable             another worker holds the store's sync lease
@@ -37,6 +38,7 @@ __all__ = [
     "NotFoundError",
     "ForeignURLError",
     "PaginationError",
+    "RevisionUnsupportedError",
     "SyncCancelled",
     "LeaseUnavailable",
     "ConfigurationError",
@@ -242,3 +244,17 @@ class PaginationError(KlaviyoAPIError):
     kept refusing after every restart. Not retried: the same chain would do it again."""
 
     default_message = "Klaviyo's pagination did not end"
+
+
+class RevisionUnsupportedError(KlaviyoAPIError):
+    """Klaviyo no longer accepts (410 Gone: retired) or never knew (400 on the ``revision``
+    header) the API revision the plugin sends. Not retried: the same revision fails again."""
+
+    default_message = "Klaviyo does not accept this API revision"
+
+    def __init__(self, message: str | None = None, *, revision: str = "", **kwargs) -> None:
+        self.revision = revision
+        super().__init__(message or f"Klaviyo does not accept API revision {revision}", **kwargs)
+
+    def _repr_fields(self):
+        return [("revision", self.revision)]

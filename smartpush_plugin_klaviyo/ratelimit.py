@@ -583,7 +583,10 @@ class RateBudgets:
                         margin=self.margin,
                         time_scale=self.time_scale,
                         header_scale=self.header_scale,
-                        jitter_pad=self.jitter_pad,
+                        # A stacked 1/s limit is spent by a single request: requests a
+                        # window apart must not arrive in one window whatever the network
+                        # jitter, so its grants are spaced by a quarter window more.
+                        jitter_pad=1.0 if key.endswith(PROFILE_COUNT_SUFFIX) else self.jitter_pad,
                         clock=self.clock,
                         sleep=self.sleep,
                     )

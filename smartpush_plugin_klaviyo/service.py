@@ -20,12 +20,13 @@ from hookspecs.types import (
     SyncReport,
 )
 from smartpush_plugin_klaviyo import lease, status
-from smartpush_plugin_klaviyo.client import KlaviyoClient
+from smartpush_plugin_klaviyo.client import REVISION, KlaviyoClient
 from smartpush_plugin_klaviyo.errors import (
     InvalidKeyError,
     KlaviyoAPIError,
     KlaviyoPluginError,
     MissingScopeError,
+    RevisionUnsupportedError,
     SyncCancelled,
 )
 from smartpush_plugin_klaviyo.ratelimit import account_budgets
@@ -60,7 +61,8 @@ def info() -> IntegrationInfo:
 def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
     """A client for this store's settings.
 
-    ``KLAVIYO_BASE_URL`` (default Klaviyo), and for stand-ins and tests
+    ``KLAVIYO_BASE_URL`` (default Klaviyo), ``KLAVIYO_API_REVISION`` (default the tested
+    :data:`~smartpush_plugin_klaviyo.client.REVISION`), and for stand-ins and tests
     ``KLAVIYO_TIME_SCALE`` (the stand-in's clock scale), ``KLAVIYO_RATE_LIMITS=off`` and
     ``KLAVIYO_MAX_RETRIES``.
     """
@@ -70,7 +72,15 @@ def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
     enabled = (settings.get("KLAVIYO_RATE_LIMITS") or "on").lower() not in ("off", "0", "false", "no")
     budgets = account_budgets(base_url, api_key, time_scale=scale, enabled=enabled)
     retries = int(settings.get("KLAVIYO_MAX_RETRIES") or 8)
-    return KlaviyoClient(api_key, base_url=base_url, budgets=budgets, max_retries=retries)
+    revision = (settings.get("KLAVIYO_API_REVISION") or "").strip() or REVISION
+    return KlaviyoClient(api_key, base_url=base_url, budgets=budgets, max_retries=retries, revision=revision)
+
+
+def _revision_detail(exc: RevisionUnsupportedError) -> str:
+    return (
+        f"Klaviyo does not accept API revision {exc.revision} ({exc.status}): set KLAVIYO_API_REVISION "
+        f"to a revision Klaviyo supports (this plugin is tested with {REVISION}), then sync again."
+    )
 
 
 def install(ctx: HostContext) -> IntegrationStatus:
@@ -103,6 +113,8 @@ def authorize(ctx: HostContext, api_key: str) -> AuthorizeResult:
                     missing.append(scope)
     except InvalidKeyError:
         return AuthorizeResult(ok=False, message="Klaviyo rejected this key (401): check it is a valid Private API Key.")
+    except RevisionUnsupportedError as exc:
+        return AuthorizeResult(ok=False, message=_revision_detail(exc))
     except KlaviyoAPIError as exc:
         return AuthorizeResult(ok=False, message=f"Could not validate the key with Klaviyo: {exc.__class__.__name__}; try again.")
     if missing:
@@ -183,6 +195,9 @@ def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> Syn
             except InvalidKeyError:
                 status.pause(ctx, PauseReason.KEY_INVALID, "Klaviyo rejected the key (401): it was revoked, expired or is wrong.")
                 return run.report("paused", started, False, "Sync paused: Klaviyo rejected the key.")
+            except RevisionUnsupportedError as exc:
+                status.pause(ctx, PauseReason.API_REVISION_UNSUPPORTED, _revision_detail(exc))
+                return run.report("paused", started, False, f"Sync paused: {_revision_detail(exc)}")
             except MissingScopeError as exc:
                 scopes = ", ".join(exc.scopes) or "a read scope"
                 status.pause(ctx, PauseReason.MISSING_SCOPE, f"The key is missing the scope(s): {scopes}")

@@ -246,4 +246,26 @@ def test_status_shows_what_the_daily_run_is_doing_and_its_last_figures(db_url, t
         last = status.last_run
         assert last["mode"] == "incremental" and last["outcome"] == "completed"
         assert last["requests"] == sum(v for k, v in done[0].requests.items() if k.startswith("GET "))
-        assert last["duration_s"] > 0 and last["429"] == 0
+        assert last["duration_s"] > 0 and last["429"] == done[0].requests.get("429", 0)
+
+
+# --------------------------------------------------------------------- revisions
+def test_a_retired_revision_pauses_with_a_reason_that_names_it(db_url, tmp_path):
+    account = generate_account(profiles=200, seed=4)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
+        host = make_host(db_url, tmp_path, server)
+        try:
+            h = Harness(host=host, server=server, account=account)
+            h.install_and_authorize(DEFAULT_API_KEY)
+            host.settings["KLAVIYO_API_REVISION"] = "2024-02-15"  # retired: 410 Gone
+            report = h.sync("full")
+            assert report.outcome == "paused"
+            status = h.status()
+            assert status.state.value == "sync_paused"
+            assert status.pause_reason.value == "api_revision_unsupported"
+            assert "2024-02-15" in status.pause_detail and "KLAVIYO_API_REVISION" in status.pause_detail
+            host.settings["KLAVIYO_API_REVISION"] = "2026-07-15"
+            assert h.sync("full").outcome == "completed"
+            assert h.status().state.value == "syncing"
+        finally:
+            host.close()

@@ -269,8 +269,16 @@ def test_cursor_for_another_sort_is_refused(client):
 
 
 def test_lenient_revisions(client):
-    for rev in ("2026-07-15", "2024-10-15", "2025-01-15.pre", "2023-02-22"):
+    for rev in ("2026-07-15", "2026-01-15", "2025-01-15.pre"):
         assert client.get("/api/accounts", headers={"revision": rev}).status_code == 200, rev
+
+
+def test_retired_revisions_are_gone(client):
+    """Klaviyo retires a revision two years after its release: 410 Gone."""
+    for rev in ("2024-10-15", "2023-02-22"):
+        r = client.get("/api/accounts", headers={"revision": rev})
+        assert r.status_code == 410, rev
+        assert r.json()["errors"][0]["code"] == "gone"
 
 
 def test_missing_scope_is_403(account, validate):
