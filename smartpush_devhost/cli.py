@@ -250,8 +250,11 @@ def _add_admin_commands(root: click.Group) -> None:
         """Change the store's plan (``free`` has no integrations)."""
         cli = _obj()
         cli.host.ensure_store(cli.store)
-        cli.host.plan(cli.store).set(name)
+        statuses = cli.host.set_plan(cli.pm, cli.store, name)
         click.echo(f"store {cli.store}: plan {name}")
+        for st in statuses:
+            reason = f" ({st.pause_reason.value})" if st.pause_reason else ""
+            click.echo(f"{st.integration}: {st.state.value}{reason}")
 
     @root.group()
     def keys():
