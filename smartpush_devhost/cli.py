@@ -21,6 +21,7 @@ import hookspecs
 from smartpush_devhost.crypto import CryptoError
 from smartpush_devhost.formatting import format_report, format_status
 from smartpush_devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
+from smartpush_devhost import cli_serve
 from smartpush_devhost.plan import PLAN_FEATURES
 from hookspecs.interfaces import HostContext
 
@@ -127,6 +128,7 @@ def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
 
     _add_integration_commands(root, pm)
     _add_admin_commands(root)
+    cli_serve.register(root)
     from smartpush_devhost.cli_contacts import contacts_group
     from smartpush_devhost.cli_demo import demo_command
 

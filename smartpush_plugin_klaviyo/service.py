@@ -51,7 +51,7 @@ def info() -> IntegrationInfo:
 
     return IntegrationInfo(
         name=INTEGRATION,
-        title="Klaviyo",
+        title="Klaviyo Data Import Tool",
         description="Imports Klaviyo profiles, lists and segments and keeps them in sync daily.",
         version=__version__,
     )

@@ -13,6 +13,9 @@ from smartpush_plugin_klaviyo.state import integration_t, skipped_t, group_t, pr
 INTEGRATION = "klaviyo"
 SECRET_NAME = "klaviyo_private_api_key"
 PLAN_FEATURE = "klaviyo_sync"
+SKIPPED_IN_STATUS = 50
+"""The status lists this many skipped profiles (Klaviyo id and reason); ``smartpush
+klaviyo skipped`` lists them all."""
 
 
 def load(tx, store_id: str):
@@ -53,6 +56,12 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
         mapped = tx.execute(select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == ctx.store_id)).scalar_one()
         groups = tx.execute(select(func.count()).select_from(group_t).where(group_t.c.store_id == ctx.store_id)).scalar_one()
         contacts = ctx.contacts.count(tx)
+        recent_skipped = tx.execute(
+            select(skipped_t.c.klaviyo_id, skipped_t.c.reason)
+            .where(skipped_t.c.store_id == ctx.store_id)
+            .order_by(skipped_t.c.klaviyo_id)
+            .limit(SKIPPED_IN_STATUS)
+        ).all()
     has_key = ctx.secrets.get(SECRET_NAME) is not None
     state = IntegrationState(row.state)
     if not row.installed or (not has_key and state != IntegrationState.SYNC_PAUSED):
@@ -78,6 +87,7 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
         },
         extra={
             "has_key": has_key,
+            "skipped": [{"source_id": k, "reason": r} for k, r in recent_skipped],
             "resumable_run": row.current_run_id is not None,
             "consecutive_errors": row.consecutive_errors,
             "profiles_watermark": row.profiles_watermark.isoformat() if row.profiles_watermark else None,
