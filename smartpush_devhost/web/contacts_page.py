@@ -34,8 +34,8 @@ def list_contacts(host, store_id: str, tag: str | None, page: int = 1) -> list[C
     store = host.contacts(store_id)
     offset = (max(1, page) - 1) * PAGE_SIZE
     if tag:
-        stmt = (select(tags_t.c.uid).where(tags_t.c.store_id == store_id, tags_t.c.tag == tag)
-                .order_by(tags_t.c.uid).limit(PAGE_SIZE).offset(offset))
+        stmt = (select(tags_t.c.contact_uid).where(tags_t.c.store_id == store_id, tags_t.c.tag == tag)
+                .order_by(tags_t.c.contact_uid).limit(PAGE_SIZE).offset(offset))
     else:
         stmt = (select(contacts_t.c.uid).where(contacts_t.c.store_id == store_id)
                 .order_by(contacts_t.c.uid).limit(PAGE_SIZE).offset(offset))
