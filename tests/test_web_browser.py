@@ -89,6 +89,8 @@ def test_merchant_clicks_through_install_key_sync_pause_resume_cancel(tmp_path, 
         expect(page.locator("#pause")).to_contain_text("key is invalid")
         expect(page.locator("#pause")).to_contain_text("paste it below")
         shot("06-paused-key-revoked")
+        # the top of the page, small enough for the README (docs/web-integration-page.png)
+        page.screenshot(path=str(shots / "readme-paused.png"), clip={"x": 0, "y": 0, "width": 1200, "height": 520})
 
         # a new key resumes
         klaviyo.api_keys[NEW_KEY] = ALL_SCOPES
