@@ -127,3 +127,18 @@ def test_the_wheel_ships_contract_host_and_plugin_but_not_the_standin(tmp_path):
     assert not any("klaviyo_standin" in n for n in names)
     assert "smartpush_devhost/web/templates/integration.html" in names
     assert "smartpush_devhost/web/static/style.css" in names
+
+
+def test_smartpush_serve_picks_a_free_port_and_redirects_to_the_default_store(tmp_path, db_url, klaviyo):
+    from tests.harness import cli_environment
+    from tests.web_helpers import serve_process
+
+    with serve_process(cli_environment(tmp_path, db_url, klaviyo), tmp_path / "serve.log") as url:
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+        with httpx.Client(base_url=url, timeout=30) as http:
+            first = http.get("/")
+            assert first.status_code == 302 and first.headers["location"].endswith("/stores/default/apps")
+            page = http.get("/stores/default/apps")
+            assert "Klaviyo Data Import Tool" in page.text
+            assert page.headers["cache-control"] == "no-store"
+            assert "Sync Klaviyo Contacts" in http.get("/stores/default/contacts/import").text
