@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason
@@ -55,6 +56,8 @@ def describe(status: IntegrationStatus, run: dict[str, Any]) -> dict[str, Any]:
         "last_successful_sync_at": _iso(status.last_successful_sync_at),
         "last_sync_started_at": _iso(status.last_sync_started_at),
         "next_sync_at": _iso(status.next_sync_at) if status.state != IntegrationState.SYNC_PAUSED else None,
+        "next_sync_due": bool(status.next_sync_at and status.state != IntegrationState.SYNC_PAUSED
+                              and status.next_sync_at <= datetime.now(timezone.utc)),
         "counts": dict(status.counts),
         "last_run": status.last_run,
         "skipped": list(status.extra.get("skipped") or []),
