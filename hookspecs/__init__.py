@@ -7,7 +7,10 @@
 * the host-side interfaces a plugin may use (storage, contacts, scheduler, plan,
   secrets) in :mod:`hookspecs.interfaces`, and the values that cross the contract in
   :mod:`hookspecs.types`;
-* :func:`get_plugin_manager`, the one factory that builds the plugin manager.
+* :func:`get_plugin_manager`, the one factory that builds the plugin manager;
+* :mod:`hookspecs.fastsql`, part of the storage interface: statements compiled once per
+  dialect and run on the caller's :class:`~hookspecs.interfaces.Storage` connection, which
+  the host's contact store and the plugins' page writers share for their hot paths.
 
 The development host that implements those interfaces on SQLModel and drives the plugins
 from the ``smartpush`` CLI is a separate package, :mod:`smartpush_devhost`.

@@ -1,5 +1,9 @@
 """Hot-path statements: a Core statement compiled once per dialect (host and plugins).
 
+Part of the storage interface of the contract (:class:`hookspecs.interfaces.Storage`):
+a host's contact store and a plugin's writers run their bulk statements through it on
+the connection the host hands out, so both sides share one tested way to do it.
+
 ``Connection.execute(insert(table), rows)`` spends ~15 µs per row in SQLAlchemy's
 per-row parameter processing, three times what SQLite needs to insert the row. For
 the contact batches (the bulk of a sync) we compile the same Core statement once

@@ -116,3 +116,21 @@ def smartpush_register_commands(cli: "click.Group") -> None:
     :param cli: the host's root :class:`click.Group`. Inside a command,
         ``click.get_current_context().obj`` is a :class:`hookspecs.interfaces.HostProvider`.
     """
+
+
+@hookspec(firstresult=True)
+def smartpush_plan_changed(integration: str, host: HostContext, plan: str) -> IntegrationStatus | None:
+    """React at once to a change of the store's plan.
+
+    Called by the host right after the merchant's plan changed (the development host's
+    ``smartpush plan set``), once per integration. ``host.plan`` already answers for the
+    new plan. A downgrade that drops the integration pauses it at once
+    (``plan_downgraded``); an upgrade resumes a store paused with ``plan_downgraded`` at
+    once: the status goes back to *Syncing* and a sync is scheduled now. A store paused
+    for another reason (a revoked key) stays paused.
+
+    :param plan: the store's new plan name, for messages; the plugin decides with
+        ``host.plan.allows(...)``.
+    :returns: the status after the change, or ``None`` when ``integration`` is not this
+        plugin's.
+    """

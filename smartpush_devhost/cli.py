@@ -23,6 +23,7 @@ from smartpush_devhost import exit_codes
 from smartpush_devhost.crypto import CryptoError
 from smartpush_devhost.formatting import format_report, format_status
 from smartpush_devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
+from smartpush_devhost import cli_serve
 from smartpush_devhost.plan import PLAN_FEATURES
 from hookspecs.interfaces import HostContext
 
@@ -143,6 +144,7 @@ def build_cli(pm: pluggy.PluginManager | None = None) -> click.Group:
 
     _add_integration_commands(root, pm)
     _add_admin_commands(root)
+    cli_serve.register(root)
     from smartpush_devhost.cli_contacts import contacts_group
     from smartpush_devhost.cli_demo import demo_command
 
@@ -285,8 +287,11 @@ def _add_admin_commands(root: click.Group) -> None:
         """Change the store's plan (``free`` has no integrations)."""
         cli = _obj()
         cli.host.ensure_store(cli.store)
-        cli.host.plan(cli.store).set(name)
+        statuses = cli.host.set_plan(cli.pm, cli.store, name)
         click.echo(f"store {cli.store}: plan {name}")
+        for st in statuses:
+            reason = f" ({st.pause_reason.value})" if st.pause_reason else ""
+            click.echo(f"{st.integration}: {st.state.value}{reason}")
 
     @root.group()
     def keys():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -27,6 +31,19 @@ def _explicit(ctx: click.Context, name: str):
     return None
 
 
+FIXTURES_DIR = Path(__file__).resolve().parent.parent / "fixtures"
+"""Where the Klaviyo stand-in lives in a checkout; it is a test fixture, not in the wheel."""
+
+
+def _find_standin_in_checkout() -> None:
+    """Make ``klaviyo_standin`` importable when the host runs from a checkout
+    (an editable install), so ``smartpush demo`` works without PYTHONPATH."""
+    if importlib.util.find_spec("klaviyo_standin") is None and (FIXTURES_DIR / "klaviyo_standin").is_dir():
+        sys.path.append(str(FIXTURES_DIR))
+        # helper processes (forkserver) and `python -m klaviyo_standin` children find it too
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(FIXTURES_DIR)) if p)
+
+
 @click.command("demo")
 @click.option("--profiles", default=3000, show_default=True, help="Profiles in the generated account.")
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated account.")
@@ -35,10 +52,12 @@ def _explicit(ctx: click.Context, name: str):
 @click.pass_context
 def demo_command(ctx: click.Context, profiles, seed, latency, as_json):
     """Import a generated Klaviyo account from the local stand-in and show the result."""
+    _find_standin_in_checkout()
     try:
         from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
-    except ImportError as exc:  # pragma: no cover - packaging problem
-        raise click.ClickException(f"the Klaviyo stand-in is not installed ({exc})") from None
+    except ImportError as exc:
+        raise click.ClickException(f"the Klaviyo stand-in was not found ({exc}): run the demo from a checkout "
+                                   f"(tox -e demo), or put its fixtures/ directory on PYTHONPATH") from None
     cli = ctx.obj
     home = _explicit(ctx, "home") or tempfile.mkdtemp(prefix="smartpush-demo-")
     database_url = _explicit(ctx, "database_url")

@@ -183,6 +183,18 @@ class DevHost:
         """Call ``smartpush_sync`` for one store, keyword arguments only."""
         return pm.hook.smartpush_sync(integration=integration, host=self.context(store_id), mode=mode)
 
+    def set_plan(self, pm, store_id: str, plan: str) -> list[Any]:
+        """Change the store's plan, then tell every integration at once
+        (``smartpush_plan_changed``, keyword arguments only); returns their statuses."""
+        self.plan(store_id).set(plan)
+        ctx = self.context(store_id)
+        statuses = []
+        for info in pm.hook.smartpush_integration_info():
+            result = pm.hook.smartpush_plan_changed(integration=info.name, host=ctx, plan=plan)
+            if result is not None:
+                statuses.append(result)
+        return statuses
+
     def run_due(self, pm, *, now=None, store: str | None = None, worker_id: str | None = None) -> list[JobRun]:
         """Run the due scheduled jobs; see :func:`smartpush_devhost.scheduler.run_due`."""
         return run_due(self, pm, now=now, store=store, worker_id=worker_id)

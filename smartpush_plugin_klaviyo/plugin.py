@@ -55,5 +55,12 @@ def smartpush_uninstall(integration: str, host: HostContext) -> IntegrationStatu
 
 
 @hookimpl
+def smartpush_plan_changed(integration: str, host: HostContext, plan: str) -> IntegrationStatus | None:
+    if integration != INTEGRATION:
+        return None
+    return service.plan_changed(host, plan)
+
+
+@hookimpl
 def smartpush_register_commands(cli) -> None:
     commands.register(cli)

@@ -52,7 +52,7 @@ def info() -> IntegrationInfo:
 
     return IntegrationInfo(
         name=INTEGRATION,
-        title="Klaviyo",
+        title="Klaviyo Data Import Tool",
         description="Imports Klaviyo profiles, lists and segments and keeps them in sync daily.",
         version=__version__,
     )
@@ -232,6 +232,31 @@ def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception) -> Syn
 
 def get_status(ctx: HostContext) -> IntegrationStatus:
     create_tables(ctx.storage.engine)
+    return status.build_status(ctx)
+
+
+def plan_changed(ctx: HostContext, plan: str) -> IntegrationStatus:
+    """The store's plan changed: a downgrade pauses now, an upgrade resumes now.
+
+    Only a pause for ``plan_downgraded`` is lifted by an upgrade; a pause for a key or
+    for repeated errors needs its own fix. The resumed store is due at once, so the
+    host's next scheduler tick resumes the interrupted run from its checkpoint.
+    """
+    create_tables(ctx.storage.engine)
+    with ctx.storage.transaction() as tx:
+        row = status.load(tx, ctx.store_id)
+    if row is None or not row.installed:
+        return status.build_status(ctx)
+    paused_for_plan = (row.state == IntegrationState.SYNC_PAUSED.value
+                       and row.pause_reason == PauseReason.PLAN_DOWNGRADED.value)
+    if ctx.plan.allows(PLAN_FEATURE):
+        if paused_for_plan:
+            with ctx.storage.transaction() as tx:
+                status.set_state(tx, ctx.store_id, IntegrationState.SYNCING, consecutive_errors=0)
+            if ctx.secrets.get(SECRET_NAME):
+                ctx.scheduler.schedule(INTEGRATION, every=DAILY, first_run=utcnow())
+    elif row.state != IntegrationState.SYNC_PAUSED.value:
+        status.pause(ctx, PauseReason.PLAN_DOWNGRADED, f"The store's plan ({plan}) does not include the Klaviyo integration.")
     return status.build_status(ctx)
 
 

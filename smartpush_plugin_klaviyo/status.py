@@ -13,6 +13,9 @@ from smartpush_plugin_klaviyo.state import group_t, integration_t, profile_map_t
 INTEGRATION = "klaviyo"
 SECRET_NAME = "klaviyo_private_api_key"
 PLAN_FEATURE = "klaviyo_sync"
+SKIPPED_IN_STATUS = 50
+"""The status lists this many skipped profiles (Klaviyo id and reason); ``smartpush
+klaviyo skipped`` lists them all."""
 
 
 def load(tx, store_id: str):
@@ -59,6 +62,12 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
             .order_by(run_t.c.seq.desc())
             .limit(1)
         ).first()
+        recent_skipped = tx.execute(
+            select(skipped_t.c.klaviyo_id, skipped_t.c.reason)
+            .where(skipped_t.c.store_id == ctx.store_id)
+            .order_by(skipped_t.c.klaviyo_id)
+            .limit(SKIPPED_IN_STATUS)
+        ).all()
     has_key = ctx.secrets.get(SECRET_NAME) is not None
     state = IntegrationState(row.state)
     if not row.installed or (not has_key and state != IntegrationState.SYNC_PAUSED):
@@ -86,6 +95,7 @@ def build_status(ctx: HostContext) -> IntegrationStatus:
         },
         extra={
             "has_key": has_key,
+            "skipped": [{"source_id": k, "reason": r} for k, r in recent_skipped],
             "resumable_run": row.current_run_id is not None,
             "consecutive_errors": row.consecutive_errors,
             "profiles_watermark": row.profiles_watermark.isoformat() if row.profiles_watermark else None,

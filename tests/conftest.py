@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+# The Klaviyo stand-in is a test fixture, not in the wheel: pytest's `pythonpath` finds it for
+# this process; child processes (`python -m klaviyo_standin`, `smartpush demo`, helper
+# processes) find it through PYTHONPATH, also when pytest runs outside tox.
+if str(FIXTURES) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(FIXTURES), os.environ.get("PYTHONPATH")) if p)
 
 
 def _postgres_admin_url() -> str:

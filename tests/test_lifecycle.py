@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
@@ -175,6 +176,29 @@ def test_plan_downgrade_pauses_without_fetching_and_upgrade_resumes(h, server):
     h.host.plan(h.store).set("pro")
     assert h.sync("incremental").outcome == "completed"
     assert h.status().state.value == "syncing"
+
+
+def test_plan_changed_hook_pauses_and_resumes_at_once(h, server):
+    """``smartpush plan set`` calls smartpush_plan_changed: no waiting for the next day's run."""
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert h.sync("full").outcome == "completed"
+    before = dict(server.stats)
+    (status,) = h.host.set_plan(h.pm, h.store, "free")
+    assert status.state.value == "sync_paused" and status.pause_reason.value == "plan_downgraded"
+    assert h.status().state.value == "sync_paused"
+    assert dict(server.stats) == before, "a plan change must not call Klaviyo"
+    h.host.context(h.store).scheduler.schedule("klaviyo", every=timedelta(days=1), first_run=datetime.now(timezone.utc) + timedelta(hours=20))
+    (status,) = h.host.set_plan(h.pm, h.store, "pro")
+    assert status.state.value == "syncing" and status.pause_reason is None
+    assert status.next_sync_at is not None
+    assert status.next_sync_at <= datetime.now(timezone.utc) + timedelta(seconds=5), "an upgrade schedules a sync now"
+    # an upgrade never lifts a pause that has another cause
+    server.api_keys.pop(DEFAULT_API_KEY)
+    assert h.sync("incremental").outcome == "paused"
+    (status,) = h.host.set_plan(h.pm, h.store, "pro")
+    assert status.pause_reason.value == "key_invalid"
+    # hooks of other integrations answer None
+    assert h.pm.hook.smartpush_plan_changed(integration="other", host=h.ctx, plan="pro") is None
 
 
 def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_path):
