@@ -9,6 +9,7 @@ queries instead of hundreds.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -26,6 +27,8 @@ CHUNK = 500
 
 _SUBSCRIPTION_VALUES = {"subscribed", "unsubscribed", "never_subscribed", None}
 
+_LONG_INT = re.compile(rb"\d{19,}")
+
 # json.dumps() with options builds a new encoder per call; one shared encoder is ~2x faster
 _encode_json_std = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -38,7 +41,10 @@ try:  # orjson is ~5x faster on the hot path of every contact write
         except TypeError:  # e.g. an integer beyond 64 bits: the standard encoder takes it
             return _encode_json_std(payload).encode()
 
-    _loads = orjson.loads
+    def _loads(payload: bytes):
+        # orjson reads an integer beyond 64 bits as a float: such a payload (the encoder
+        # above wrote it with the standard library) is read back by it too, exactly.
+        return json.loads(payload) if _LONG_INT.search(payload) else orjson.loads(payload)
 except ImportError:  # pragma: no cover
     def _encode_json_bytes(payload) -> bytes:
         return _encode_json_std(payload).encode()

@@ -53,16 +53,9 @@ from smartpush_plugin_klaviyo.errors import (
 )
 from smartpush_plugin_klaviyo.ratelimit import RateBudgets
 
-try:  # faster JSON when available; never a dependency
-    import orjson as _orjson
+from smartpush_plugin_klaviyo.jsondecode import loads as _loads
 
-    _loads = _orjson.loads
-    _JSONError: tuple[type[BaseException], ...] = (ValueError,)
-except ImportError:  # pragma: no cover
-    import json as _json
-
-    _loads = _json.loads
-    _JSONError = (ValueError,)
+_JSONError: tuple[type[BaseException], ...] = (ValueError,)
 
 Decoder = Callable[[bytes], Any]
 """Turns a successful response's body into a result; raises ValueError for a bad body."""

@@ -23,7 +23,7 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import orjson
+from smartpush_plugin_klaviyo.jsondecode import loads
 
 from smartpush_plugin_klaviyo.mapping import MappedProfile, Skip, map_profile
 
@@ -60,7 +60,7 @@ def decode_profile_page(content: bytes) -> ProfilePage:
     Raises :class:`ValueError` when the body is not a JSON:API document (the client
     retries such a response as transient).
     """
-    body = orjson.loads(content)  # orjson.JSONDecodeError is a ValueError
+    body = loads(content)  # exact values; a body that is not JSON raises ValueError
     if not isinstance(body, dict):
         raise ValueError("response is not a JSON:API document")
     data = body.get("data") or []

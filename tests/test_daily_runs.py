@@ -269,3 +269,23 @@ def test_a_retired_revision_pauses_with_a_reason_that_names_it(db_url, tmp_path)
             assert h.status().state.value == "syncing"
         finally:
             host.close()
+
+
+# --------------------------------------------------------------------- exact values
+def test_exact_numbers_decode():
+    from smartpush_plugin_klaviyo.jsondecode import loads
+
+    body = loads(b'{"a": 18446744073709552653, "b": 0.1234567890123456789012, "c": 12.5, "d": NaN, "e": 1e400}')
+    assert body == {"a": 18446744073709552653, "b": "0.1234567890123456789012", "c": 12.5, "d": "NaN", "e": "1e400"}
+    assert loads(b'{"a": 1, "b": 0.1}') == {"a": 1, "b": 0.1}  # the fast path
+
+
+def test_a_custom_property_beyond_64_bits_keeps_its_exact_value(make_harness):
+    profiles = _profiles(3)
+    profiles[1]["attributes"]["properties"] = {"big": 18446744073709552653, "neg": -(2**70) - 1, "small": 7}
+    with SpecServer(profiles, [], {}) as server:
+        h = make_harness(server)
+        assert h.sync("full").outcome == "completed"
+        props = _by_kid(h)["01P0001"]["properties"]
+    assert props["kla_big"] == 18446744073709552653 and isinstance(props["kla_big"], int)
+    assert props["kla_neg"] == -(2**70) - 1 and props["kla_small"] == 7
