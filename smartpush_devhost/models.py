@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     LargeBinary,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
@@ -113,7 +114,9 @@ class SpContactTag(SQLModel, table=True):
 
     store_id: str = Field(primary_key=True, max_length=200)
     contact_uid: str = Field(primary_key=True, max_length=64)
-    tag: str = Field(primary_key=True, max_length=255)
+    tag: str = Field(primary_key=True, sa_type=Text)
+    """No length limit: a tag comes from a merchant's list or segment name, and Klaviyo
+    promises no short names (``kla_segment_`` + a 275-character name is 287)."""
 
 
 class SpSecret(SQLModel, table=True):

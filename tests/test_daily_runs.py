@@ -289,3 +289,20 @@ def test_a_custom_property_beyond_64_bits_keeps_its_exact_value(make_harness):
         props = _by_kid(h)["01P0001"]["properties"]
     assert props["kla_big"] == 18446744073709552653 and isinstance(props["kla_big"], int)
     assert props["kla_neg"] == -(2**70) - 1 and props["kla_small"] == 7
+
+
+def test_a_segment_name_of_any_length_becomes_its_tag(make_harness):
+    """``kla_segment_`` + a 275-character name is 287 characters: no column may cut it
+    (this failed every full sync on PostgreSQL, where the tag was varchar(255))."""
+    profiles = _profiles(5)
+    name = "Customers who opened " + "and clicked " * 21 + "x" * 2
+    assert len(name) == 275
+    groups = [group("segment", "S1", name, T0 - timedelta(days=9))]
+    members = {"S1": [(p["id"], T0 - timedelta(days=8)) for p in profiles]}
+    with SpecServer(profiles, groups, members) as server:
+        h = make_harness(server)
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+        tags = {t for c in h.export() for t in c["tags"]}
+    expected = "kla_segment_" + name.lower().replace(" ", "_")
+    assert len(expected) == 287 and tags == {expected}
