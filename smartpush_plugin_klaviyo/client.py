@@ -333,10 +333,12 @@ class KlaviyoClient:
 
     def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple, decode: Decoder | None) -> Any:
         cancel = self.cancel_event
-        ticket = None  # the grant of the last budget, the one the response's headers describe
+        ticket = None  # the grant of the endpoint's budget (first), the one the headers describe
         for budget in budgets:
-            ticket = budget.acquire_ticket(timeout=self.max_retry_time, cancel=cancel)
+            grant = budget.acquire_ticket(timeout=self.max_retry_time, cancel=cancel)
             if ticket is None:
+                ticket = grant
+            if grant is None:
                 exc = RateLimitedError("waited too long for the rate budget", endpoint=template, status=None)
                 exc.final = True
                 raise exc
@@ -350,7 +352,7 @@ class KlaviyoClient:
         headers = response.headers
         status = response.status_code
         if status < 300:
-            budgets[-1].observe(headers, ticket=ticket)
+            budgets[0].observe(headers, ticket=ticket)
             try:
                 if decode is not None:
                     return decode(response.content)
@@ -368,7 +370,7 @@ class KlaviyoClient:
             code, detail = _error_code_detail(_jsonapi_errors(response))
             raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after, code=code,
                                    detail=detail, secrets=self._secrets)
-        budgets[-1].observe(headers, ticket=ticket)
+        budgets[0].observe(headers, ticket=ticket)
         raise self._error(template, response)
 
     def _error(self, template: str, response: httpx.Response) -> KlaviyoAPIError:

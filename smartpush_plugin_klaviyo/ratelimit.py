@@ -168,6 +168,9 @@ class RateBudget:
     :param margin: fraction of each limit we allow ourselves (the rest is left to other
         integrations of the account and to clock skew).
     :param time_scale: server seconds per real second (windows are divided by it).
+    :param strict: a documented stricter limit stacked on an endpoint's (the
+        ``profile_count`` field): headers may make it stricter, never looser (its sliding
+        steady log applies even once server-guided).
     :param header_scale: divisor of header durations (``Retry-After``, ``RateLimit-Reset``).
     :param jitter_pad: real seconds a grant is remembered beyond each window (capped at a
         quarter of the window), so latency jitter cannot push two windows' worth of
@@ -193,6 +196,7 @@ class RateBudget:
         jitter_pad: float = DEFAULT_JITTER_PAD,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        strict: bool = False,
     ) -> None:
         if not 0 < margin <= 1:
             raise ValueError("margin must be in (0, 1]")
@@ -200,6 +204,10 @@ class RateBudget:
             raise ValueError("time_scale must be positive")
         self.name = name
         self.limit = limit
+        # A documented stricter limit stacked on an endpoint's (``profile_count``): the
+        # server's headers describe the endpoint's window, not this one, so they may only
+        # make this budget stricter; its steady log always applies.
+        self.strict = strict
         self.margin = margin
         self.time_scale = time_scale
         self.header_scale = header_scale
@@ -422,7 +430,7 @@ class RateBudget:
         horizon = now - self.steady_window
         while log and log[0] <= horizon:
             log.popleft()
-        if (not self._guided or now < self._penalty_until) and len(log) >= steady_n:
+        if (not self._guided or self.strict or now < self._penalty_until) and len(log) >= steady_n:
             wait = max(wait, log[len(log) - steady_n] + self.steady_window - now)
         if self._guided:
             wait = max(wait, self._server_wait(now))
@@ -585,6 +593,7 @@ class RateBudgets:
                         jitter_pad=self.jitter_pad,
                         clock=self.clock,
                         sleep=self.sleep,
+                        strict=key.endswith(PROFILE_COUNT_SUFFIX),
                     )
                     self._budgets[key] = budget
         return budget
@@ -592,8 +601,10 @@ class RateBudgets:
     __getitem__ = get
 
     def for_request(self, template: str, profile_count: bool = False) -> tuple:
-        """The budgets one request consumes: its endpoint's, plus the ``profile_count``
-        one when that additional field is asked for."""
+        """The budgets one request consumes: its endpoint's (always first: the one the
+        response's ``RateLimit-*`` headers describe), plus the stricter ``profile_count``
+        one when that additional field is asked for (stacked: the request counts against
+        both)."""
         if not self.enabled:
             return (UNLIMITED,)
         if profile_count:
