@@ -69,6 +69,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from smartpush_plugin_klaviyo import endpoints
 from smartpush_plugin_klaviyo.errors import SyncCancelled
 
 __all__ = [
@@ -86,7 +87,7 @@ __all__ = [
 
 BURST_WINDOW = 1.0
 STEADY_WINDOW = 60.0
-PROFILE_COUNT_SUFFIX = "+profile_count"
+PROFILE_COUNT_SUFFIX = endpoints.STACKED_SEPARATOR + "profile_count"
 """Budget key suffix of requests with ``additional-fields[list|segment]=profile_count``."""
 
 
@@ -98,19 +99,10 @@ class Limit:
     steady: int
 
 
-# From ``x-klaviyo-ratelimit`` (and the descriptions, for the ``profile_count``
-# additional field) of the 2026-07-15 OpenAPI spec; tests/test_spec_agreement.py checks them.
-ENDPOINT_LIMITS: dict[str, Limit] = {
-    "/api/profiles": Limit(75, 750),
-    "/api/lists": Limit(75, 750),
-    "/api/segments": Limit(75, 750),
-    "/api/lists/{id}": Limit(75, 750),
-    "/api/segments/{id}": Limit(75, 750),
-    "/api/lists/{id}/relationships/profiles": Limit(75, 750),
-    "/api/segments/{id}/relationships/profiles": Limit(75, 750),
-    "/api/lists/{id}" + PROFILE_COUNT_SUFFIX: Limit(1, 15),
-    "/api/segments/{id}" + PROFILE_COUNT_SUFFIX: Limit(1, 15),
-}
+# From ``x-klaviyo-ratelimit`` (and the descriptions, for stacked limits such as the
+# ``profile_count`` additional field): a view of the one table, endpoints.py, which
+# tests/test_spec_agreement.py checks against the 2026-07-15 OpenAPI spec.
+ENDPOINT_LIMITS: dict[str, Limit] = {key: Limit(*pair) for key, pair in endpoints.limits().items()}
 
 DEFAULT_LIMIT = Limit(3, 60)
 """Klaviyo's small tier: used for any endpoint not in :data:`ENDPOINT_LIMITS`."""
@@ -593,7 +585,7 @@ class RateBudgets:
                         jitter_pad=self.jitter_pad,
                         clock=self.clock,
                         sleep=self.sleep,
-                        strict=key.endswith(PROFILE_COUNT_SUFFIX),
+                        strict=endpoints.STACKED_SEPARATOR in key,
                     )
                     self._budgets[key] = budget
         return budget
