@@ -37,7 +37,7 @@ from urllib.parse import unquote
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
-from smartpush_plugin_klaviyo import __version__
+from smartpush_plugin_klaviyo import __version__, endpoints
 from smartpush_plugin_klaviyo.errors import (
     BadRequestError,
     ConfigurationError,
@@ -76,16 +76,8 @@ DEFAULT_BASE_URL = "https://a.klaviyo.com"
 USER_AGENT = f"smartpush-plugin-klaviyo/{__version__} (+SmartPush Klaviyo integration; httpx/{httpx.__version__})"
 JSONAPI = "application/vnd.api+json"
 
-# ``x-klaviyo-scopes`` of the endpoints read (tests/test_spec_agreement.py checks them).
-ENDPOINT_SCOPES: dict[str, tuple[str, ...]] = {
-    "/api/profiles": ("profiles:read",),
-    "/api/lists": ("lists:read",),
-    "/api/segments": ("segments:read",),
-    "/api/lists/{id}": ("lists:read",),
-    "/api/segments/{id}": ("segments:read",),
-    "/api/lists/{id}/relationships/profiles": ("lists:read", "profiles:read"),
-    "/api/segments/{id}/relationships/profiles": ("profiles:read", "segments:read"),
-}
+# ``x-klaviyo-scopes`` of the endpoints read: a view of the one table, endpoints.py.
+ENDPOINT_SCOPES: dict[str, tuple[str, ...]] = endpoints.scopes()
 
 FORBIDDEN_FIELDS = ("predictive_analytics",)
 """Never requested: slower, a stricter rate limit, and nothing the sync needs."""

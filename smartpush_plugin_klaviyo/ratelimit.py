@@ -69,6 +69,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from smartpush_plugin_klaviyo import endpoints
 from smartpush_plugin_klaviyo.errors import SyncCancelled
 
 __all__ = [
@@ -87,7 +88,7 @@ __all__ = [
 
 BURST_WINDOW = 1.0
 STEADY_WINDOW = 60.0
-PROFILE_COUNT_SUFFIX = "+profile_count"
+PROFILE_COUNT_SUFFIX = endpoints.STACKED_SEPARATOR + "profile_count"
 """Budget key suffix of requests with ``additional-fields[list|segment]=profile_count``."""
 
 
@@ -99,19 +100,10 @@ class Limit:
     steady: int
 
 
-# From ``x-klaviyo-ratelimit`` (and the descriptions, for the ``profile_count``
-# additional field) of the 2026-07-15 OpenAPI spec; tests/test_spec_agreement.py checks them.
-ENDPOINT_LIMITS: dict[str, Limit] = {
-    "/api/profiles": Limit(75, 750),
-    "/api/lists": Limit(75, 750),
-    "/api/segments": Limit(75, 750),
-    "/api/lists/{id}": Limit(75, 750),
-    "/api/segments/{id}": Limit(75, 750),
-    "/api/lists/{id}/relationships/profiles": Limit(75, 750),
-    "/api/segments/{id}/relationships/profiles": Limit(75, 750),
-    "/api/lists/{id}" + PROFILE_COUNT_SUFFIX: Limit(1, 15),
-    "/api/segments/{id}" + PROFILE_COUNT_SUFFIX: Limit(1, 15),
-}
+# From ``x-klaviyo-ratelimit`` (and the descriptions, for stacked limits such as the
+# ``profile_count`` additional field): a view of the one table, endpoints.py, which
+# tests/test_spec_agreement.py checks against the 2026-07-15 OpenAPI spec.
+ENDPOINT_LIMITS: dict[str, Limit] = {key: Limit(*pair) for key, pair in endpoints.limits().items()}
 
 DEFAULT_LIMIT = Limit(3, 60)
 """Klaviyo's small tier: used for any endpoint not in :data:`ENDPOINT_LIMITS`."""
@@ -169,6 +161,9 @@ class RateBudget:
     :param margin: fraction of each limit we allow ourselves (the rest is left to other
         integrations of the account and to clock skew).
     :param time_scale: server seconds per real second (windows are divided by it).
+    :param strict: a documented stricter limit stacked on an endpoint's (the
+        ``profile_count`` field): headers may make it stricter, never looser (its sliding
+        steady log applies even once server-guided).
     :param header_scale: divisor of header durations (``Retry-After``, ``RateLimit-Reset``).
     :param jitter_pad: real seconds a grant is remembered beyond each window (capped at a
         quarter of the window), so latency jitter cannot push two windows' worth of
@@ -194,6 +189,7 @@ class RateBudget:
         jitter_pad: float = DEFAULT_JITTER_PAD,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        strict: bool = False,
     ) -> None:
         if not 0 < margin <= 1:
             raise ValueError("margin must be in (0, 1]")
@@ -201,6 +197,10 @@ class RateBudget:
             raise ValueError("time_scale must be positive")
         self.name = name
         self.limit = limit
+        # A documented stricter limit stacked on an endpoint's (``profile_count``): the
+        # server's headers describe the endpoint's window, not this one, so they may only
+        # make this budget stricter; its steady log always applies.
+        self.strict = strict
         self.margin = margin
         self.time_scale = time_scale
         self.header_scale = header_scale
@@ -423,7 +423,7 @@ class RateBudget:
         horizon = now - self.steady_window
         while log and log[0] <= horizon:
             log.popleft()
-        if (not self._guided or now < self._penalty_until) and len(log) >= steady_n:
+        if (not self._guided or self.strict or now < self._penalty_until) and len(log) >= steady_n:
             wait = max(wait, log[len(log) - steady_n] + self.steady_window - now)
         if self._guided:
             wait = max(wait, self._server_wait(now))
@@ -589,6 +589,7 @@ class RateBudgets:
                         jitter_pad=1.0 if key.endswith(PROFILE_COUNT_SUFFIX) else self.jitter_pad,
                         clock=self.clock,
                         sleep=self.sleep,
+                        strict=endpoints.STACKED_SEPARATOR in key,
                     )
                     self._budgets[key] = budget
         return budget
@@ -596,8 +597,10 @@ class RateBudgets:
     __getitem__ = get
 
     def for_request(self, template: str, profile_count: bool = False) -> tuple:
-        """The budgets one request consumes: its endpoint's, plus the ``profile_count``
-        one when that additional field is asked for."""
+        """The budgets one request consumes: its endpoint's (always first: the one the
+        response's ``RateLimit-*`` headers describe), plus the stricter ``profile_count``
+        one when that additional field is asked for (stacked: the request counts against
+        both)."""
         if not self.enabled:
             return (UNLIMITED,)
         if profile_count:

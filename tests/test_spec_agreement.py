@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from smartpush_plugin_klaviyo import client as client_mod
-from smartpush_plugin_klaviyo import pagination, ratelimit
+from smartpush_plugin_klaviyo import endpoints, pagination, ratelimit
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_PATH = Path(os.environ.get("KLAVIYO_OPENAPI_SPEC") or REPO.parent / "shared" / "klaviyo" / "openapi" / "stable.json")
@@ -72,7 +72,7 @@ def test_server_matches_default_base_url(spec):
 
 
 def test_every_embedded_endpoint_exists_with_the_same_templates(spec):
-    base = {k for k in ratelimit.ENDPOINT_LIMITS if not k.endswith(ratelimit.PROFILE_COUNT_SUFFIX)}
+    base = {k for k in ratelimit.ENDPOINT_LIMITS if endpoints.STACKED_SEPARATOR not in k}
     assert base == set(client_mod.ENDPOINT_SCOPES)
     for template in (
         set(client_mod.ENDPOINT_SCOPES) | set(pagination.PAGE_SIZE_MAX) | set(pagination.FILTERS_USED)
@@ -88,7 +88,7 @@ def test_scopes_match(spec):
 
 def test_rate_limits_match(spec):
     for template, limit in ratelimit.ENDPOINT_LIMITS.items():
-        if template.endswith(ratelimit.PROFILE_COUNT_SUFFIX):
+        if endpoints.STACKED_SEPARATOR in template:
             continue
         rl = get_op(spec, template)["x-klaviyo-ratelimit"]
         assert parse_rate(rl["burst"]) == (limit.burst, "s"), template
@@ -108,6 +108,55 @@ def test_profile_count_rate_limits_match_description(spec):
         assert m, f"no profile_count rate limits in the description of {template}"
         limit = ratelimit.ENDPOINT_LIMITS[template + ratelimit.PROFILE_COUNT_SUFFIX]
         assert (limit.burst, limit.steady) == (int(m.group(1)), int(m.group(2)))
+
+
+def stacked_limits_in_description(op: dict) -> dict[str, tuple[int, int]]:
+    """``additional-fields[x]=<field>`` limits an operation's description states (they
+    stack on the endpoint's own)."""
+    return {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"additional-fields\[\w+\]=(\w+)` parameter in your API request:<br>Burst: `(\d+)/s`<br>Steady: `(\d+)/m`",
+        op["description"])}
+
+
+def test_the_endpoint_table_matches_the_spec(spec):
+    """endpoints.ENDPOINTS, the one table: scopes, limits, the stacked limits parsed from
+    each description (every one the spec states, none it does not), page size maxima,
+    filters (operators per field), sorts, additional fields and sparse fieldsets."""
+    for template, e in endpoints.ENDPOINTS.items():
+        op = get_op(spec, template)
+        assert sorted(e.scopes) == sorted(op["x-klaviyo-scopes"]), template
+        rl = op["x-klaviyo-ratelimit"]
+        assert (parse_rate(rl["burst"]), parse_rate(rl["steady"])) == ((e.burst, "s"), (e.steady, "m")), template
+        assert e.stacked == stacked_limits_in_description(op), template
+        size = param(op, "page[size]")
+        assert (size["schema"]["maximum"] if size else None) == e.page_size_max, template
+        allowed = allowed_filters(op) if e.filters else {}
+        for name, ops in e.filters.items():
+            assert name in allowed and set(ops) <= allowed[name], f"{template}: filter {name} {ops}"
+        if e.sorts:
+            enum = param(op, "sort")["schema"]["enum"]
+            assert set(e.sorts) <= set(enum), template
+        for name, value in e.additional:
+            assert value in param(op, name)["schema"]["items"]["enum"], template
+        for fields in e.sparse_fields.values():
+            kind = "profile" if template == "/api/profiles" else template.split("/")[2].rstrip("s")
+            enum = param(op, f"fields[{kind}]")["schema"]["items"]["enum"]
+            assert set(fields) <= set(enum), f"{template}: {set(fields) - set(enum)}"
+
+
+def test_embedded_tables_are_views_of_the_endpoint_table():
+    assert client_mod.ENDPOINT_SCOPES == endpoints.scopes()
+    assert {k: (v.burst, v.steady) for k, v in ratelimit.ENDPOINT_LIMITS.items()} == endpoints.limits()
+    assert ratelimit.ENDPOINT_LIMITS["/api/lists/{id}" + ratelimit.PROFILE_COUNT_SUFFIX] == ratelimit.Limit(1, 15)
+    # pagination.py keeps its own names (importers); they must agree with the table
+    assert pagination.PAGE_SIZE_MAX == endpoints.page_size_max()
+    assert pagination.ADDITIONAL_FIELDS_USED == endpoints.additional_fields_used()
+    table_filters, table_sorts = endpoints.filters_used(), endpoints.sorts_used()
+    for template, fields in pagination.FILTERS_USED.items():
+        for name, ops in fields.items():
+            assert set(ops) <= set(table_filters[template][name]), (template, name)
+    for template, sorts in pagination.SORTS_USED.items():
+        assert set(sorts) <= set(table_sorts[template]), template
 
 
 def test_page_size_maxima_match(spec):

@@ -10,15 +10,15 @@ def test_stacked_buckets_refuse_together_and_report_the_endpoint_window():
     limiter = RateLimiter(clock=lambda: now[0])
     endpoint = (("key", "op"), 75, 750)
     count = (("key", "op:profile_count"), 1, 15)
-    first = limiter.check_all([endpoint, count])
+    first = limiter.check_stacked([endpoint, count])
     assert first.allowed and first.limit == 750 and first.remaining == 749  # the endpoint's window
-    second = limiter.check_all([endpoint, count])  # same second: the stacked burst of 1 is spent
+    second = limiter.check_stacked([endpoint, count])  # same second: the stacked burst of 1 is spent
     assert not second.allowed and second.retry_after >= 1
     plain = limiter.check(*endpoint)  # the refusal consumed nothing of the endpoint's window
     assert plain.allowed and plain.remaining == 748
     for i in range(14):  # 15 per minute in all, one per second
         now[0] += 1.0
-        assert limiter.check_all([endpoint, count]).allowed, i
+        assert limiter.check_stacked([endpoint, count]).allowed, i
     now[0] += 1.0
-    refused = limiter.check_all([endpoint, count])
+    refused = limiter.check_stacked([endpoint, count])
     assert not refused.allowed and refused.remaining == 750 - 16  # steady cap of the stacked bucket
