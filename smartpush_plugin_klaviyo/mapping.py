@@ -771,6 +771,12 @@ def _cannot_receive(channel: str, props: dict[str, Any]) -> bool:
     return props.get("kla_sms_can_receive_marketing") is False
 
 
+def _mirrored_status(channel: str, props: dict[str, Any]) -> SubscriptionStatus | None:
+    """The status the Klaviyo consent evidence mirrored in ``props`` maps to."""
+    table, status_of = (_EMAIL_MARKETING, _email_status) if channel == "email" else (_SMS_MARKETING, _sms_status)
+    return status_of({src: props.get(dst) for src, dst in table}, [])
+
+
 def _merge_channel(
     channel: str,
     existing_status: SubscriptionStatus | None,
@@ -802,6 +808,13 @@ def _merge_channel(
             # An unknown status is still filled: the evidence may have been mirrored while
             # the profile had no address on this channel (a phone number that came later).
             return existing_status
+        if existing_status == _mirrored_status(channel, old_props) and incoming != existing_status:
+            # The status SmartPush holds is the one Klaviyo gave it (nobody changed it in
+            # SmartPush since), and Klaviyo's consent changed: a suppression (hard bounce,
+            # spam complaint), an unsubscribe or a re-subscribe. Klaviyo is the source of
+            # that status, so it follows Klaviyo, both ways.
+            notes.append(f"{channel}_status:{incoming}")
+            return incoming
     # Consent precedence (the product rule): only a Klaviyo SUBSCRIBED overwrites a status
     # SmartPush holds; UNSUBSCRIBED / NEVER_SUBSCRIBED only fill an unknown one.
     result = merge_status(existing_status, incoming)

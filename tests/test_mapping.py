@@ -676,10 +676,28 @@ def test_merge_unchanged_klaviyo_consent_does_not_revert_smartpush_change():
     assert later.email_subscription == "subscribed"
 
 
-def test_merge_later_klaviyo_unsubscribe_never_overwrites():
-    """The product rule: only SUBSCRIBED overwrites; a later Klaviyo unsubscribe is kept as evidence."""
+def test_merge_later_klaviyo_unsubscribe_follows_a_status_klaviyo_gave():
+    """A status SmartPush got from Klaviyo (nobody changed it since) follows Klaviyo's later
+    unsubscribe or suppression (issue #12: a new suppression is reflected in the status)."""
     m = mapped(profile(subscriptions=sub_email("SUBSCRIBED")))
     first, owned, _ = merge_into(contact(email=EMAIL), m, owned_fields=set(), primary=True)
+    assert first.email_subscription == "subscribed"
+    m2 = mapped(profile(subscriptions=sub_email("UNSUBSCRIBED", can_receive_email_marketing=False)))
+    later, _, _ = merge_into(first, m2, owned_fields=owned, primary=True)
+    assert later.email_subscription == "unsubscribed"
+    assert later.properties["kla_email_consent"] == "UNSUBSCRIBED"
+    bounced = mapped(profile(subscriptions=sub_email("SUBSCRIBED", can_receive_email_marketing=False,
+                                                     suppression=[{"reason": "HARD_BOUNCE", "timestamp": "2026-01-01T00:00:00+00:00"}])))
+    again, _, _ = merge_into(first, bounced, owned_fields=owned, primary=True)
+    assert again.email_subscription == "unsubscribed"
+
+
+def test_merge_later_klaviyo_unsubscribe_never_overwrites_a_smartpush_status():
+    """The product rule: a status SmartPush held before Klaviyo's (here subscribed, while
+    Klaviyo said NEVER_SUBSCRIBED) is never overwritten by UNSUBSCRIBED/NEVER_SUBSCRIBED."""
+    m = mapped(profile(subscriptions=sub_email("NEVER_SUBSCRIBED")))
+    first, owned, _ = merge_into(contact(email=EMAIL, email_subscription="subscribed"), m, owned_fields=set(), primary=True)
+    assert first.email_subscription == "subscribed"
     m2 = mapped(profile(subscriptions=sub_email("UNSUBSCRIBED", can_receive_email_marketing=False)))
     later, _, _ = merge_into(first, m2, owned_fields=owned, primary=True)
     assert later.email_subscription == "subscribed"
