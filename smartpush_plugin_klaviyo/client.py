@@ -351,8 +351,14 @@ class KlaviyoClient:
                 body = _loads(response.content)
             except _JSONError:
                 raise TransientError("response is not JSON", status=status, endpoint=template) from None
-            if not isinstance(body, dict):
-                raise TransientError("response is not a JSON:API document", status=status, endpoint=template)
+            if not isinstance(body, dict) or not isinstance(body.get("data"), (list, dict)):
+                # JSON:API: a successful document has ``data`` (a list for a collection, an
+                # object for a resource). Without it, it is a broken answer, never an empty
+                # page: retried like any transient failure.
+                raise TransientError("response is not a JSON:API document with data", status=status, endpoint=template)
+            links = body.get("links")
+            if links is not None and (not isinstance(links, dict) or not isinstance(links.get("next") or "", str)):
+                raise TransientError("response links are malformed", status=status, endpoint=template)
             return body
         if status == 429:
             self._count("429")

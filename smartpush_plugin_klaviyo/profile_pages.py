@@ -63,15 +63,19 @@ def decode_profile_page(content: bytes) -> ProfilePage:
     body = loads(content)  # exact values; a body that is not JSON raises ValueError
     if not isinstance(body, dict):
         raise ValueError("response is not a JSON:API document")
-    data = body.get("data") or []
+    data = body.get("data")
     if not isinstance(data, list):
-        raise ValueError("response data is not a list")
+        # A page without ``data`` is a broken answer, never an empty page: taking it for
+        # one would end the stream and lose every profile after it.
+        raise ValueError("response has no data list" if data is None else "response data is not a list")
     links = body.get("links")
     if links is None:
         links = {}
     elif not isinstance(links, dict):
         raise ValueError("response links is not an object")
     next_url = links.get("next")
+    if next_url is not None and not isinstance(next_url, str):
+        raise ValueError("response links.next is not a string")
     return ProfilePage([map_profile(r) for r in data], last_updated(data), next_url)
 
 

@@ -71,6 +71,8 @@ class Quirks:
     refuse_cursor_every: int | None = None
     """Every n-th cursor not refused before is refused (400 on ``page[cursor]``), once:
     cursors expire, on every kind of read; a read restarted gets through."""
+    pages_without_data: int = 0
+    """The next n pages of ``/api/profiles`` come without ``data`` (a broken answer)."""
     loop_next: bool = False
     """``links.next`` of a cursor page points back at the same cursor (a pagination loop)."""
 
@@ -341,6 +343,10 @@ class SpecServer(LoopbackServer):
             present.sort(key=lambda p: (get(p)(key_name), p["id"]), reverse=desc)
             rows = missing + present if desc else present + missing
         data, links = self._page(path, q, rows, 100)
+        with self.lock:
+            if self.quirks.pages_without_data > 0:
+                self.quirks.pages_without_data -= 1
+                return {"links": links}
         subscriptions = "subscriptions" in q.get("additional-fields[profile]", "")
         out = []
         for p in data:

@@ -306,3 +306,24 @@ def test_a_segment_name_of_any_length_becomes_its_tag(make_harness):
         tags = {t for c in h.export() for t in c["tags"]}
     expected = "kla_segment_" + name.lower().replace(" ", "_")
     assert len(expected) == 287 and tags == {expected}
+
+
+# --------------------------------------------------------------------- broken answers
+def test_a_page_without_data_is_an_error_never_an_empty_page(make_harness):
+    profiles = _profiles(40)
+    with SpecServer(profiles, [], {}, Quirks(max_page=10)) as server:
+        h = make_harness(server)
+        server.quirks.pages_without_data = 1  # one broken answer: retried, nothing lost
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+        assert imported_ids(h) == {p["id"] for p in profiles}
+
+
+def test_pages_that_keep_coming_without_data_fail_the_run_and_say_why(make_harness):
+    with SpecServer(_profiles(40), [], {}, Quirks(max_page=10)) as server:
+        h = make_harness(server)
+        server.quirks.pages_without_data = 1000
+        report = h.sync("full")
+    assert report.outcome == "failed"
+    assert "data" in report.message
+    assert h.status().last_successful_sync_at is None
