@@ -23,7 +23,7 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from smartpush_plugin_klaviyo.jsondecode import loads
+from smartpush_plugin_klaviyo.jsondecode import loads, resource_id, split_collection
 
 from smartpush_plugin_klaviyo.mapping import MappedProfile, Skip, map_profile
 
@@ -60,7 +60,16 @@ def decode_profile_page(content: bytes) -> ProfilePage:
     Raises :class:`ValueError` when the body is not a JSON:API document (the client
     retries such a response as transient).
     """
-    body = loads(content)  # exact values; a body that is not JSON raises ValueError
+    try:
+        body = loads(content)  # exact values; a body that is not JSON raises ValueError
+    except ValueError:
+        # One resource no decoder can read (nested past any depth, a broken value) must
+        # not cost the page: each resource is read on its own, the bad one skipped.
+        split = split_collection(content)
+        if split is None:
+            raise
+        body, raw_items = split
+        return _decode_items(body, raw_items)
     if not isinstance(body, dict):
         raise ValueError("response is not a JSON:API document")
     data = body.get("data")
@@ -77,6 +86,25 @@ def decode_profile_page(content: bytes) -> ProfilePage:
     if next_url is not None and not isinstance(next_url, str):
         raise ValueError("response links.next is not a string")
     return ProfilePage([map_profile(r) for r in data], last_updated(data), next_url)
+
+
+def _decode_items(body: dict, raw_items: list[bytes]) -> ProfilePage:
+    """A page read resource by resource: a resource that is not JSON is skipped with its id."""
+    results: list = []
+    data: list = []
+    for raw in raw_items:
+        try:
+            resource = loads(raw)
+        except (ValueError, RecursionError):
+            results.append(Skip(resource_id(raw), "malformed: not readable JSON (nested too deeply or broken)"))
+            continue
+        data.append(resource)
+        results.append(map_profile(resource))
+    links = body.get("links") if isinstance(body.get("links"), dict) else {}
+    next_url = links.get("next")
+    if next_url is not None and not isinstance(next_url, str):
+        raise ValueError("response links.next is not a string")
+    return ProfilePage(results, last_updated(data), next_url)
 
 
 def default_processes() -> int:

@@ -150,3 +150,19 @@ def test_a_daemonic_host_process_decodes_in_its_own_threads(account):
     finally:
         proc.join(30)
     assert proc.exitcode == 0
+
+
+def test_one_unreadable_profile_spoils_only_itself():
+    """#16: a profile nested deeper than any decoder reads (or otherwise broken) is skipped
+    with its id; the rest of the page, and its links.next, arrive."""
+    from smartpush_plugin_klaviyo.mapping import Skip
+    from smartpush_plugin_klaviyo.profile_pages import decode_profile_page
+
+    good = b'{"type":"profile","id":"01A","attributes":{"email":"a@example.com","properties":{"s":"x]}{,\\"q"}}}'
+    deep = b'{"type":"profile","id":"01B","attributes":{"properties":{"d":' + b"[" * 5000 + b"]" * 5000 + b"}}}"
+    page = b'{"data":[' + good + b"," + deep + b"," + good.replace(b"01A", b"01C") + b'],"links":{"next":"http://h/x?page%5Bcursor%5D=c"}}'
+    decoded = decode_profile_page(page)
+    assert [m.klaviyo_id for m in decoded.mapped] == ["01A", "01B", "01C"]
+    assert isinstance(decoded.mapped[1], Skip) and "nested" in decoded.mapped[1].reason
+    assert decoded.mapped[0].properties["kla_s"] == 'x]}{,"q'
+    assert decoded.next_url == "http://h/x?page%5Bcursor%5D=c"
