@@ -2,7 +2,7 @@
 
 Not a test: it prints figures (issue #12 "Done means"). Usage::
 
-    python benchmarks/daily_run.py --profiles 20000 --groups 224 --latency 0.1 --runs 8
+    python benchmarks/daily_run.py --profiles 20000 --groups 224 --latency 0.1 --runs 8 [--gap 61]
     python benchmarks/daily_run.py --profiles 100000 --groups 1000 --latency 0.1 --runs 8
 
 What it does
@@ -14,9 +14,11 @@ What it does
    15/min on top of 75/s 750/min). The child also answers commands on a pipe: apply a
    day of churn (``daily_churn``), give its request statistics, tell the Klaviyo truth of
    some profile ids.
-2. Builds a :class:`~hookspecs.devhost.host.DevHost` (SQLite in a temp dir, or ``--db``),
+2. Builds a :class:`~smartpush_devhost.host.DevHost` (SQLite in a temp dir, or ``--db``),
    installs and authorizes the plugin and runs the **full sync** through the hooks.
-3. Then ``--runs`` daily runs back to back (hook ``smartpush_sync(mode="incremental")``).
+3. Then ``--runs`` daily runs (hook ``smartpush_sync(mode="incremental")``), ``--gap``
+   seconds apart (61: Klaviyo's minute windows reset between them, as a day makes them;
+   0: back to back, each run sharing its first minute with the previous one's requests).
    Before run k it applies ``daily_churn`` with ``--updates``% updates, ``--creates``%
    creations, ``--deletes``% deletions, ``--merges``% merges, ``--quiet``% quiet consent
    changes (hard bounce, spam complaint, unsubscribe, list unsubscribe, re-subscribe: none
@@ -229,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", type=float, default=0.1, help="percent with a quiet consent change per day")
     p.add_argument("--joins", type=float, default=0.2)
     p.add_argument("--leaves", type=float, default=0.1)
+    p.add_argument("--gap", type=float, default=61.0,
+                   help="seconds between daily runs, not timed (a day resets the minute windows; 0: back to back)")
     p.add_argument("--db", default=None, help="SQLAlchemy URL (default: SQLite in a temp dir)")
     args = p.parse_args(argv)
 
     from hookspecs import get_plugin_manager
-    from hookspecs.devhost.host import DevHost
+    from smartpush_devhost.host import DevHost
 
     tmp = Path(tempfile.mkdtemp(prefix="klaviyo-daily-"))
     t = time.perf_counter()
@@ -281,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "uid": before[pid]["uid"] if before[pid] else None})
             for pid, _kind in churn["quiet_consent"]:
                 pending.append({"run": k, "kind": "consent", "id": pid, "reflected": None})
+            if args.gap > 0:
+                # A day passes between daily runs: Klaviyo's minute windows have long reset.
+                # Back to back, a run would share its first minute with the previous run's.
+                time.sleep(args.gap)
             run(f"daily run {k}", "incremental")
             ids = [item["id"] for item in pending]
             truth = standin.ask("truth", ids)

@@ -128,6 +128,24 @@ def _last_created(mapped: list) -> str | None:
     return None
 
 
+def _rescan_turns(groups: list[dict], small: int, every: int) -> dict[str, int]:
+    """The run (``seq % every``) in which each large group is rescanned: the groups are
+    dealt into ``every`` turns, largest first into the lightest turn, so each run reads
+    about the same number of pages (by count alone, a few big groups could land in one
+    run). Groups are taken in a fixed order (a hash of the id), so turns move little as
+    sizes change; a group whose turn moved is still rescanned within ``every`` runs, by
+    the age rule in :meth:`SyncRun._plan_group`."""
+    large = [g for g in groups if (g["member_count"] or 0) > small]
+    large.sort(key=lambda g: (-(g["member_count"] or 0), zlib.crc32(g["group_id"].encode())))
+    load = [0] * every
+    turns: dict[str, int] = {}
+    for g in large:
+        turn = min(range(every), key=lambda t: (load[t], t))
+        turns[g["group_id"]] = turn
+        load[turn] += g["member_count"] or 0
+    return turns
+
+
 def _interleave(streams: list[dict]) -> list[dict]:
     """Round-robin over endpoint families (profiles, list members, segment members)."""
     families: dict[str, list[dict]] = {}
@@ -192,6 +210,7 @@ class SyncRun:
         self.count_lock = threading.Lock()
         self.counts_left = options.count_checks_per_run
         self.progress = {"groups_total": 0, "groups_done": 0}
+        self.rescan_turns: dict[str, int] = {}
         self._progress_at = 0.0
 
     # ------------------------------------------------------------------ entry
@@ -338,6 +357,7 @@ class SyncRun:
             finished: list[str] = []
             checks: list[dict] = []
             pending_groups = [g for g in groups if g["checked_run"] != self.run_id]
+            self.rescan_turns = _rescan_turns(groups, self.options.small_group_members, self.options.rescan_every_runs)
             self.progress["groups_done"] = len(groups) - len(pending_groups)
             self.progress["groups_total"] = len(groups)
             self.sweep_quota = self._sweep_quota()
@@ -583,9 +603,9 @@ class SyncRun:
         Full runs and never-scanned groups are scanned. In an incremental run a small
         group is rescanned outright (a few requests on the 750/min endpoint, cheaper than
         one request on the 15/min ``profile_count`` budget, and exact); a large one is
-        rescanned in its turn, once every ``rescan_every_runs`` runs (turns spread evenly
-        by a hash of its id, so each run rescans about 1/7 of the large groups), and in
-        the other runs only checked.
+        rescanned in its turn, once every ``rescan_every_runs`` runs (turns balanced by
+        size, :func:`_rescan_turns`, so each run reads about 1/7 of the large groups'
+        members), and in the other runs only checked.
         """
         if self.mode == "full" or group["scanned_gen"] == 0:
             return self._scan_streams(group)
@@ -594,7 +614,7 @@ class SyncRun:
         due = (
             size <= self.options.small_group_members
             or self.gen - group["scanned_gen"] >= every
-            or (self.gen + zlib.crc32(group["group_id"].encode())) % every == 0
+            or self.rescan_turns.get(group["group_id"]) == self.gen % every
         )
         if not due:
             return None
