@@ -30,6 +30,8 @@ import logging
 import random
 import re
 import threading
+import time
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -84,6 +86,14 @@ FORBIDDEN_FIELDS = ("predictive_analytics",)
 
 KEY_REJECTED_CODES = frozenset({"not_authenticated", "authentication_failed"})
 """JSON:API error codes meaning the key itself was refused, whatever the status."""
+
+MAX_BODY_BYTES = 64 * 2**20
+"""Largest response body read, once decompressed: a 100-profile page is ~0.2-2 MB, even with
+20 kB properties; anything past 64 MiB is a broken or hostile answer (a gzip bomb, an
+endless body), abandoned before it can exhaust the worker's memory."""
+MAX_REQUEST_SECONDS = 120.0
+"""Longest one request may take, body included (httpx's timeouts bound each read, not a
+body that trickles a byte at a time forever)."""
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524, 525, 526, 527, 529, 530})
 
@@ -142,6 +152,8 @@ class KlaviyoClient:
     :param transport: an httpx transport (tests).
     :param cancel_event: when set, waits (budget, backoff) raise :class:`SyncCancelled`.
     :param backoff_initial, backoff_max: exponential backoff bounds in server seconds.
+    :param max_body_bytes, max_request_seconds: hard limits of one response (see
+        :data:`MAX_BODY_BYTES`, :data:`MAX_REQUEST_SECONDS`).
     """
 
     def __init__(
@@ -159,6 +171,8 @@ class KlaviyoClient:
         cancel_event: threading.Event | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_request_seconds: float = MAX_REQUEST_SECONDS,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("an API key is required")
@@ -174,6 +188,8 @@ class KlaviyoClient:
         self.budgets = budgets if budgets is not None else RateBudgets()
         self.max_retries = max(0, int(max_retries))
         self.max_retry_time = float(max_retry_time)
+        self.max_body_bytes = int(max_body_bytes)
+        self.max_request_seconds = float(max_request_seconds)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
@@ -188,6 +204,8 @@ class KlaviyoClient:
                 "revision": revision,
                 "Accept": JSONAPI,
                 "User-Agent": USER_AGENT,
+                # only what _inflater decodes, in bounded steps
+                "Accept-Encoding": "gzip, deflate",
             },
             timeout=timeout,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -335,20 +353,15 @@ class KlaviyoClient:
                 exc.final = True
                 raise exc
         self._count("GET " + template)
-        try:
-            response = self._http.get(target, params=params)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timed out ({type(exc).__name__})", endpoint=template) from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection failed ({type(exc).__name__})", endpoint=template) from None
+        response, content = self._fetch(template, target, params)
         headers = response.headers
         status = response.status_code
         if status < 300:
             budgets[0].observe(headers, ticket=ticket)
             try:
                 if decode is not None:
-                    return decode(response.content)
-                body = _loads(response.content)
+                    return decode(content)
+                body = _loads(content)
             except _JSONError:
                 raise TransientError("response is not JSON", status=status, endpoint=template) from None
             if not isinstance(body, dict) or not isinstance(body.get("data"), (list, dict)):
@@ -365,15 +378,72 @@ class KlaviyoClient:
             retry_after = _retry_after(headers)
             for budget in budgets:
                 budget.penalize(retry_after)
-            code, detail = _error_code_detail(_jsonapi_errors(response))
+            code, detail = _error_code_detail(_jsonapi_errors(response, content))
             raise RateLimitedError(status=429, endpoint=template, retry_after=retry_after, code=code,
                                    detail=detail, secrets=self._secrets)
         budgets[0].observe(headers, ticket=ticket)
-        raise self._error(template, response)
+        raise self._error(template, response, content)
 
-    def _error(self, template: str, response: httpx.Response) -> KlaviyoAPIError:
+    def _fetch(self, template: str, target: str, params: dict | None) -> tuple[httpx.Response, bytes]:
+        """Send the request and read its body within hard limits (see :meth:`_read`)."""
+        try:
+            return self._read(template, target, params)
+        except zlib.error:
+            raise TransientError("undecodable response body (bad compression)", endpoint=template) from None
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timed out ({type(exc).__name__})", endpoint=template) from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection failed ({type(exc).__name__})", endpoint=template) from None
+
+    def _read(self, template: str, target: str, params: dict | None) -> tuple[httpx.Response, bytes]:
+        """Send the request and read its body within hard limits: at most
+        :data:`MAX_BODY_BYTES` once decompressed (a gzip bomb or an endless chunked body is
+        cut off, never held in memory) and :data:`MAX_REQUEST_SECONDS` in all (a body that
+        trickles forever is abandoned). Past a limit: :class:`TransientError`, retried like
+        any transient failure."""
+        deadline = time.monotonic() + self.max_request_seconds
+        with self._http.stream("GET", target, params=params) as response:
+            # Decompressed here, in bounded steps (httpx would inflate a whole network chunk
+            # at once: 64 kB of a gzip bomb is gigabytes).
+            inflate = _inflater(response.headers.get("content-encoding", ""), template, response.status_code)
+            chunks: list[bytes] = []
+            size = 0
+            for raw in response.iter_raw():  # as the network delivers it: no re-chunking
+                if inflate is None:
+                    size += len(raw)
+                    chunks.append(raw)
+                else:
+                    data = raw
+                    while data:
+                        out = inflate.decompress(data, self.max_body_bytes - size + 1)
+                        data = inflate.unconsumed_tail
+                        size += len(out)
+                        chunks.append(out)
+                        if size > self.max_body_bytes:
+                            break
+                if size > self.max_body_bytes:
+                    raise TransientError(
+                        f"response body over {self.max_body_bytes:,} bytes (decompressed); abandoned",
+                        status=response.status_code, endpoint=template,
+                    )
+                if time.monotonic() > deadline:
+                    raise TransientError(
+                        f"response took over {self.max_request_seconds:g} s; abandoned",
+                        status=response.status_code, endpoint=template,
+                    )
+            if inflate is not None:
+                tail = inflate.flush()
+                if size + len(tail) > self.max_body_bytes:
+                    raise TransientError(
+                        f"response body over {self.max_body_bytes:,} bytes (decompressed); abandoned",
+                        status=response.status_code, endpoint=template,
+                    )
+                chunks.append(tail)
+            return response, b"".join(chunks)
+
+    def _error(self, template: str, response: httpx.Response, content: bytes) -> KlaviyoAPIError:
         status = response.status_code
-        errors = _jsonapi_errors(response)
+        errors = _jsonapi_errors(response, content)
         code, detail = _error_code_detail(errors)
         common = dict(status=status, endpoint=template, code=code, detail=detail, secrets=self._secrets)
         revision_refused = status == 410 or (
@@ -443,6 +513,18 @@ class KlaviyoClient:
         )
 
 
+def _inflater(encoding: str, template: str, status: int):
+    """A bounded decompressor for a ``Content-Encoding`` (``None``: the body is plain)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib or gzip header, auto-detected
+    raise TransientError(f"unsupported content encoding ({encoding[:20]})", status=status, endpoint=template)
+
+
 def _retry_after(headers: httpx.Headers) -> float | None:
     value = headers.get("retry-after")
     if not value:
@@ -471,13 +553,13 @@ def _error_code_detail(errors: list[dict] | None) -> tuple[str | None, str | Non
     return code, detail
 
 
-def _jsonapi_errors(response: httpx.Response) -> list[dict] | None:
+def _jsonapi_errors(response: httpx.Response, content: bytes) -> list[dict] | None:
     """The ``errors`` array of a JSON:API error document, ``None`` when the body is not one."""
     ctype = response.headers.get("content-type", "").lower()
     if "json" not in ctype:
         return None
     try:
-        body = _loads(response.content)
+        body = _loads(content)
     except _JSONError:
         return None
     if not isinstance(body, dict):

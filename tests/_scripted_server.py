@@ -38,7 +38,9 @@ class ScriptedServer(LoopbackServer):
     """Answers from a queue of scripted responses, else from ``default`` (a paginated
     ``/api/profiles`` collection of ``profiles`` fake resources).
 
-    Each scripted item: ``dict(status=, body=bytes|dict, headers=, kind="response"|"reset"|"sleep", delay=)``.
+    Each scripted item: ``dict(status=, body=bytes|dict, headers=, kind="response"|"reset"|"sleep"|
+    "endless"|"trickle", delay=)``: ``endless`` sends chunks without end, ``trickle`` one byte
+    every ``delay`` seconds (both stop by themselves after 60 s).
     """
 
     def __init__(self, profiles: int = 0, page_host: str | None = None):
@@ -83,6 +85,31 @@ class ScriptedServer(LoopbackServer):
             if item["kind"] == "reset":
                 h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 h.connection.close()
+                h.close_connection = True
+                return
+            if item["kind"] in ("endless", "trickle"):
+                # a body that never ends: endless chunks, or one byte at a time (slowloris)
+                try:
+                    h.send_response(200)
+                    h.send_header("Content-Type", JSONAPI)
+                    if item["kind"] == "endless":
+                        h.send_header("Transfer-Encoding", "chunked")
+                    else:
+                        h.send_header("Content-Length", str(10**9))
+                    h.end_headers()
+                    h.wfile.write(b"" if item["kind"] == "endless" else b'{"data": [')
+                    h.wfile.flush()
+                    chunk = b"10000\r\n" + b" " * 0x10000 + b"\r\n"
+                    deadline = time.monotonic() + 60  # bounded: stops by itself
+                    while time.monotonic() < deadline:
+                        if item["kind"] == "endless":
+                            h.wfile.write(chunk)
+                        else:
+                            h.wfile.write(b" ")
+                            time.sleep(item["delay"] or 0.2)
+                        h.wfile.flush()
+                except OSError:
+                    pass
                 h.close_connection = True
                 return
             if item["kind"] == "sleep":

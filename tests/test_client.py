@@ -688,3 +688,32 @@ def test_stacked_profile_count_limit_is_never_exceeded_whatever_the_headers_say(
             assert client.budgets.budgets()["/api/lists/{id}"].server_guided
         assert server.stats.get("429", 0) == 0
         assert server.stats["GET /api/lists/{id}"] + server.stats["GET /api/segments/{id}"] == 40
+
+
+# --------------------------------------------------------------- hostile bodies
+@pytest.mark.parametrize("kind", ["gzip_bomb", "endless", "trickle"])
+def test_a_response_past_the_hard_limits_is_abandoned_and_retried(kind):
+    """#15: a gzip bomb (inflating without bound), an endless chunked body and a body that
+    trickles forever are cut off at the client's limits (bytes once decompressed, seconds
+    per request), never held in memory, and retried like any transient failure."""
+    import resource
+    import zlib
+
+    with ScriptedServer(profiles=3) as server:
+        if kind == "gzip_bomb":
+            gz = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+            block = b" " * 2**20
+            bomb = gz.compress(b"[") + b"".join(gz.compress(block) for _ in range(200)) + gz.compress(b"]") + gz.flush()
+            assert len(bomb) < 2**20  # 200 MiB once inflated
+            server.push(200, bomb, {"Content-Type": "application/vnd.api+json", "Content-Encoding": "gzip"})
+        else:
+            server.push(kind=kind, delay=0.05)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with KlaviyoClient(KEY, base_url=server.base_url, budgets=RateBudgets(enabled=False), max_retries=2,
+                           backoff_initial=0.01, max_body_bytes=8 * 2**20, max_request_seconds=1.5) as client:
+            body = client.get("/api/profiles", {"page[size]": 10})
+            stats = client.stats
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert len(body["data"]) == 3  # the retry got the real page
+    assert stats["retries"] == 1
+    assert grown_mib < 100  # never the 200 MiB
