@@ -14,6 +14,7 @@ import socket
 import uuid
 from datetime import timedelta
 
+import psutil
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -24,26 +25,45 @@ LEASE_TTL = timedelta(seconds=60)
 
 
 def new_owner_id() -> str:
-    """``host:pid:random``: unique per worker, and tells which process holds a lease."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:start:random``: unique per worker; tells which process holds a lease, and
+    (with the process's start time) whether that very process still runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}:{uuid.uuid4().hex[:8]}"
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.Error, OSError):
+        return "0"
 
 
 def _dead_local_owner(owner: str) -> bool:
-    """Whether ``owner`` names a process of this host that has exited."""
+    """Whether ``owner`` names a process of this host that is gone: exited, a zombie
+    (``kill -9``'d but not yet reaped: ``os.kill(pid, 0)`` still succeeds on it), or
+    exited with its PID since reused by another process (the start time differs)."""
+    parts = owner.split(":")
+    if len(parts) == 4:
+        host, pid_text, started, _ = parts
+    elif len(parts) == 3:  # an owner id written before start times were recorded
+        host, pid_text, _ = parts
+        started = None
+    else:
+        return False
     try:
-        host, pid_text, _ = owner.rsplit(":", 2)
         pid = int(pid_text)
     except ValueError:
         return False
     if host != socket.gethostname() or pid == os.getpid():
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return True
+        return started not in (None, "0") and f"{process.create_time():.2f}" != started
+    except psutil.NoSuchProcess:
         return True
-    except PermissionError:  # exists, owned by someone else
+    except (psutil.AccessDenied, OSError):  # exists, owned by someone else
         return False
-    return False
 
 
 def acquire(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
