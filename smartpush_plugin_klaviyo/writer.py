@@ -133,6 +133,25 @@ class PageWriter:
         originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
         for c in originals.values():
             c.properties = dict(c.properties)
+        # A mapped profile whose email (or phone) is new to its contact but held by another
+        # contact (Klaviyo merged a profile into this one, or the address moved between
+        # profiles): filling it would make two contacts with one address. It stays where it
+        # is; the profile keeps it in its kla_ properties, and the case is reported.
+        held_email: dict[str, list[str]] = {}
+        held_phone: dict[str, list[str]] = {}
+        if known:
+            new_emails, new_phones = set(), set()
+            for m in by_id.values():
+                row = known.get(m.klaviyo_id)
+                c = loaded.get(row.contact_uid) if row is not None else None
+                if c is None:
+                    continue
+                if m.email_key and (not c.email or normalize_email_key(c.email) != m.email_key):
+                    new_emails.add(m.email_key)
+                if m.phone and c.phone != m.phone:
+                    new_phones.add(m.phone)
+            held_email = contacts.find_by_emails(tx, new_emails) if new_emails else {}
+            held_phone = contacts.find_by_phones(tx, new_phones) if new_phones else {}
         pending: dict[str, Contact] = {}  # temporary uid -> draft of a contact to create
         page_email: dict[str, str] = {}
         page_phone: dict[str, str] = {}
@@ -150,6 +169,16 @@ class PageWriter:
                 owned.discard(PHONE_TAKEN)
                 if phone_taken:
                     m = dataclasses.replace(m, phone=None, sms_status=None)
+                if m.email_key and any(u != uid for u in held_email.get(m.email_key, ())) or (
+                    m.email_key and page_email.get(m.email_key, uid) != uid
+                ):
+                    m = dataclasses.replace(m, email=None, email_key=None, email_status=None)
+                    counts["email_held_by_another_contact"] += 1
+                    events.append(("email_held_elsewhere", f"Klaviyo profile {m.klaviyo_id}'s email belongs to "
+                                   "another contact; not copied to its own contact"))
+                if m.phone and (any(u != uid for u in held_phone.get(m.phone, ())) or page_phone.get(m.phone, uid) != uid):
+                    m = dataclasses.replace(m, phone=None, sms_status=None)
+                    counts["phone_held_by_another_contact"] += 1
             else:
                 uid, via, owned = None, None, set()
                 if m.email_key:

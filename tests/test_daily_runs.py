@@ -327,3 +327,32 @@ def test_pages_that_keep_coming_without_data_fail_the_run_and_say_why(make_harne
     assert report.outcome == "failed"
     assert "data" in report.message
     assert h.status().last_successful_sync_at is None
+
+
+# --------------------------------------------------------------------- merges
+def test_klaviyo_merges_never_leave_two_contacts_with_one_address(db_url, tmp_path):
+    """#16: the merge target takes the merged profile's email or phone while the merged
+    profile's contact still holds it; neither a full nor a daily run may copy it over."""
+    account = generate_account(profiles=1500, seed=21)
+    with synced(account, db_url, tmp_path) as h:
+        ids = account.profile_ids()
+        pairs = [(ids[i], ids[i + 1]) for i in range(20, 1400, 14)][:100]
+        for keep, gone in pairs:
+            account.merge_profiles(keep, gone)
+
+        def shared(contacts: list[dict]) -> list:
+            seen: dict = {}
+            for c in contacts:
+                for key in ((c["email"] or "").strip().lower() or None, c["phone"]):
+                    if key:
+                        seen.setdefault(key, []).append(c["uid"])
+            return [k for k, uids in seen.items() if len(uids) > 1]
+
+        assert shared(h.export()) == []
+        assert h.sync("incremental").outcome == "completed"
+        assert shared(h.export()) == []
+        assert h.sync("full").outcome == "completed"
+        contacts = h.export()
+        assert shared(contacts) == []
+        mapped = {k for c in contacts for k in c["klaviyo_ids"]}
+        assert not mapped & {gone for _, gone in pairs}
