@@ -316,3 +316,19 @@ def test_same_phone_different_email_keeps_both_emails(h, account):
         assert {a["email"], b["email"]} == {"first.person@example.com", "second.person@example.com"}
         assert [c["phone"] for c in (a, b)].count("+14155550123") == 1
         assert a["properties"]["kla_phone_number"] == b["properties"]["kla_phone_number"] == "+14155550123"
+
+
+def test_a_275_character_segment_name_becomes_a_whole_tag(h, account):
+    """Klaviyo promises no length for group names; the tag keeps the whole name on every database."""
+    long_name = "Long " + "x" * 270
+    seg = account.create_group("segment", long_name)
+    member = account.profile_ids()[7]
+    account.add_member(seg, member)
+    h.install_and_authorize(DEFAULT_API_KEY)
+    report = h.sync("full")
+    assert report.outcome == "completed", report.message
+    tag = "kla_segment_long_" + "x" * 270
+    assert len(tag) > 255
+    contacts = assert_tags_exact(h)
+    tagged = [c for c in contacts if tag in c["tags"]]
+    assert [kid for c in tagged for kid in c["klaviyo_ids"] if kid == member] == [member]
