@@ -24,17 +24,56 @@ LEASE_TTL = timedelta(seconds=60)
 
 
 def new_owner_id() -> str:
-    """``host:pid:random``: unique per worker, and tells which process holds a lease."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:start:random``: unique per worker, and tells which process holds a lease.
+
+    ``start`` is the process start time (clock ticks since boot, from ``/proc``; ``0`` where
+    unknown), so a PID reused by a later process is not taken for the lease holder.
+    """
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}:{uuid.uuid4().hex[:8]}"
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time)`` of a process from ``/proc/<pid>/stat``; ``None`` if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: fields follow its last ")".
+    fields = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _parse_owner(owner: str) -> tuple[str, int, int | None] | None:
+    """``(host, pid, start)`` of an owner id; ``start`` is ``None`` in the older ``host:pid:random`` form."""
+    parts = owner.rsplit(":", 3)
+    if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0], int(parts[1]), int(parts[2]) or None
+    parts = owner.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1]), None
+    return None
 
 
 def _dead_local_owner(owner: str) -> bool:
-    """Whether ``owner`` names a process of this host that has exited."""
-    try:
-        host, pid_text, _ = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
+    """Whether ``owner`` names a process of this host that has exited.
+
+    A zombie (exited, not yet reaped by its parent) still answers ``kill(pid, 0)``, and a
+    PID can be reused by a later process: both count as dead, told apart by ``/proc``.
+    """
+    parsed = _parse_owner(owner)
+    if parsed is None:
         return False
+    host, pid, start = parsed
     if host != socket.gethostname() or pid == os.getpid():
         return False
     try:
@@ -42,8 +81,14 @@ def _dead_local_owner(owner: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # exists, owned by someone else
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc here: the process exists, so it is alive
         return False
-    return False
+    state, started = stat
+    if state in ("Z", "X"):
+        return True
+    return start is not None and started != start
 
 
 def acquire(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
