@@ -133,6 +133,7 @@ class PageWriter:
         originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
         for c in originals.values():
             c.properties = dict(c.properties)
+        held_email, held_phone = self._held_elsewhere(tx, known, by_id, loaded)
         pending: dict[str, Contact] = {}  # temporary uid -> draft of a contact to create
         page_email: dict[str, str] = {}
         page_phone: dict[str, str] = {}
@@ -148,6 +149,13 @@ class PageWriter:
                 owned = set(filter(None, (row.owned_fields or "").split(",")))
                 phone_taken = PHONE_TAKEN in owned
                 owned.discard(PHONE_TAKEN)
+                if m.email_key and held_email.get(m.email_key, {uid}) - {uid}:
+                    # The profile took an email another contact holds (a Klaviyo merge gave it the
+                    # merged-away profile's): that contact keeps it, this one never copies it.
+                    m = dataclasses.replace(m, email=None, email_key=None, email_status=None)
+                    counts["email_held_elsewhere"] += 1
+                if not phone_taken and m.phone and held_phone.get(m.phone, {uid}) - {uid}:
+                    phone_taken = True  # same reason; kept as kla_phone_number, like a shared phone
                 if phone_taken:
                     m = dataclasses.replace(m, phone=None, sms_status=None)
             else:
@@ -265,6 +273,31 @@ class PageWriter:
                 tx, {v["klaviyo_id"]: v["contact_uid"] for v in map_inserts if v["contact_uid"] in created}
             )
             self.recompute_tags(tx, {v["contact_uid"] for v in map_inserts if v["contact_uid"] not in created})
+
+    def _held_elsewhere(self, tx, known, by_id, loaded) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Contacts holding an email/phone that a mapped profile brings to its contact anew.
+
+        Klaviyo merges move the merged-away profile's email or phone to the profile kept;
+        the contact of the merged-away profile still holds it. Only addresses the mapped
+        contact does not already hold are looked up, so a steady sync queries nothing.
+        """
+        emails: set[str] = set()
+        phones: set[str] = set()
+        for kid, row in known.items():
+            m, c = by_id[kid], loaded.get(row.contact_uid)
+            if c is None:
+                continue
+            if m.email_key and (not c.email or normalize_email_key(c.email) != m.email_key):
+                emails.add(m.email_key)
+            if m.phone and c.phone != m.phone:
+                phones.add(m.phone)
+        contacts = self.ctx.contacts
+        by_email = contacts.find_by_emails(tx, emails) if emails else {}
+        by_phone = contacts.find_by_phones(tx, phones) if phones else {}
+        return (
+            {k: set(v) for k, v in by_email.items() if v},
+            {k: set(v) for k, v in by_phone.items() if v},
+        )
 
     def _record_skips(self, tx, skips: dict[str, str]) -> None:
         ids = list(skips)
