@@ -17,6 +17,7 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from smartpush_plugin_klaviyo.errors import LeaseLost
 from smartpush_plugin_klaviyo.state import lease_t
 from smartpush_plugin_klaviyo.timeutil import utcnow
 
@@ -130,3 +131,18 @@ def renew(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> boo
 def release(storage, store_id: str, owner: str) -> None:
     with storage.transaction() as tx:
         tx.execute(delete(lease_t).where(and_(lease_t.c.store_id == store_id, lease_t.c.owner == owner)))
+
+
+def fence(tx, store_id: str, owner: str) -> None:
+    """Raise :class:`LeaseLost` unless ``owner`` still holds the lease, checked inside ``tx``.
+
+    Call it in every write transaction of a run: the fencing check and the writes commit
+    together or not at all. The lease row is read ``FOR SHARE`` (PostgreSQL) so a takeover
+    cannot commit between this check and the commit; SQLite write transactions are already
+    serialized (``BEGIN IMMEDIATE``).
+    """
+    held = tx.execute(
+        select(lease_t.c.owner).where(lease_t.c.store_id == store_id).with_for_update(read=True)
+    ).first()
+    if held is None or held.owner != owner:
+        raise LeaseLost("this worker lost the sync lease to another worker; it writes nothing more")
