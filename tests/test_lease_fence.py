@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from klaviyo_standin import DEFAULT_API_KEY, StandInServer, generate_account
@@ -87,3 +88,25 @@ def test_a_sync_whose_lease_is_taken_over_mid_run_writes_nothing_after(h):
     assert "lease" in report.message
     assert _audit(h) == snapshot[0]
     assert _audit(h)[1] < 3000
+
+
+def test_lock_waits_are_bounded_on_postgresql(db_url, h, monkeypatch):
+    """A transaction left open by a frozen worker makes others fail after the lock timeout."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's bound is its busy timeout")
+    from sqlalchemy.exc import OperationalError
+
+    from smartpush_devhost import storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "POSTGRES_LOCK_TIMEOUT_MS", 300)
+    frozen, waiting = storage_mod.SqlStorage(db_url), storage_mod.SqlStorage(db_url)
+    h.install_and_authorize(DEFAULT_API_KEY)  # creates the plugin's tables
+    lease.acquire(frozen, "shop", "frozen-worker", ttl=timedelta(seconds=-1))  # expired: others may take it
+    with frozen.transaction() as tx:
+        lease.fence(tx, "shop", "frozen-worker")  # holds the lease row until this block ends
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            lease.acquire(waiting, "shop", "other-worker")
+        assert time.monotonic() - started < 5
+    frozen.engine.dispose()
+    waiting.engine.dispose()
