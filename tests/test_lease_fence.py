@@ -7,32 +7,20 @@ import time
 from datetime import timedelta
 
 import pytest
-from klaviyo_standin import DEFAULT_API_KEY, StandInServer, generate_account
+from klaviyo_standin import DEFAULT_API_KEY, generate_account
 from sqlalchemy import func, select, update
 
 from smartpush_devhost.models import SpContact
 from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import LeaseLost
 from smartpush_plugin_klaviyo.state import lease_t, profile_map_t, run_t, stream_t
-from tests.harness import CLOCK_SCALE, Harness, make_host
+from tests.harness import Harness
+from tests.test_lifecycle import h, server  # noqa: F401 - the same stand-in server and host fixtures
 
 
 @pytest.fixture
 def account():
     return generate_account(profiles=3000, seed=44)
-
-
-@pytest.fixture
-def server(account):
-    with StandInServer(account, clock_scale=CLOCK_SCALE) as srv:
-        yield srv
-
-
-@pytest.fixture
-def h(db_url, tmp_path, server, account):
-    host = make_host(db_url, tmp_path, server)
-    yield Harness(host=host, server=server, account=account)
-    host.close()
 
 
 def _audit(h: Harness) -> tuple:
