@@ -114,9 +114,9 @@ class SpContactTag(SQLModel, table=True):
 
     store_id: str = Field(primary_key=True, max_length=200)
     contact_uid: str = Field(primary_key=True, max_length=64)
-    tag: str = Field(primary_key=True, sa_type=Text)
-    """No length limit: a tag comes from a merchant's list or segment name, and Klaviyo
-    promises no short names (``kla_segment_`` + a 275-character name is 287)."""
+    # Unbounded: a tag is kla_<kind>_ + a Klaviyo group name, and Klaviyo promises no
+    # length for names (a 275-character segment name broke varchar(255) on PostgreSQL).
+    tag: str = Field(sa_column=Column(Text, primary_key=True))
 
 
 class SpSecret(SQLModel, table=True):

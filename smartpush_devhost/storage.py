@@ -26,6 +26,9 @@ from sqlmodel import SQLModel
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_LOCK_TIMEOUT_MS = 30_000
+"""A statement waiting longer for a row or table lock fails (``LockNotAvailable``) instead of
+waiting for ever behind a frozen worker's open transaction: the same bound as SQLite's."""
 
 
 def _precreate_private(path: str) -> None:
@@ -68,7 +71,10 @@ class SqlStorage:
             return self._make_sqlite_engine(echo)
         # hide_parameters: bound values (blind indexes, ciphertexts, plugin data) never
         # appear in SQLAlchemy's exception messages or echo logs
-        return create_engine(self.url, echo=echo, pool_pre_ping=True, hide_parameters=True)
+        return create_engine(
+            self.url, echo=echo, pool_pre_ping=True, hide_parameters=True,
+            connect_args={"options": f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}"},
+        )
 
     def _make_sqlite_engine(self, echo: bool) -> Engine:
         database = self.url.database or ""

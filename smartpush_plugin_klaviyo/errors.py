@@ -100,6 +100,11 @@ class LeaseUnavailable(KlaviyoPluginError):
     """Another worker holds this store's sync lease."""
 
 
+class LeaseLost(SyncCancelled):
+    """This worker no longer holds the store's sync lease (it expired and another worker took
+    it): the write transaction that noticed is rolled back and the run stops, writing nothing."""
+
+
 class ConfigurationError(KlaviyoPluginError):
     """The plugin was configured or asked to do something it never does."""
 

@@ -14,10 +14,10 @@ import socket
 import uuid
 from datetime import timedelta
 
-import psutil
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from smartpush_plugin_klaviyo.errors import LeaseLost
 from smartpush_plugin_klaviyo.state import lease_t
 from smartpush_plugin_klaviyo.timeutil import utcnow
 
@@ -25,45 +25,71 @@ LEASE_TTL = timedelta(seconds=60)
 
 
 def new_owner_id() -> str:
-    """``host:pid:start:random``: unique per worker; tells which process holds a lease, and
-    (with the process's start time) whether that very process still runs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}:{uuid.uuid4().hex[:8]}"
+    """``host:pid:start:random``: unique per worker, and tells which process holds a lease.
+
+    ``start`` is the process start time (clock ticks since boot, from ``/proc``; ``0`` where
+    unknown), so a PID reused by a later process is not taken for the lease holder.
+    """
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}:{uuid.uuid4().hex[:8]}"
 
 
-def _start_time(pid: int) -> str:
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time)`` of a process from ``/proc/<pid>/stat``; ``None`` if unreadable."""
     try:
-        return f"{psutil.Process(pid).create_time():.2f}"
-    except (psutil.Error, OSError):
-        return "0"
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: fields follow its last ")".
+    fields = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return fields[0], int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def _parse_owner(owner: str) -> tuple[str, int, int | None] | None:
+    """``(host, pid, start)`` of an owner id; ``start`` is ``None`` in the older ``host:pid:random`` form."""
+    parts = owner.rsplit(":", 3)
+    if len(parts) == 4 and parts[1].isdigit() and parts[2].isdigit():
+        return parts[0], int(parts[1]), int(parts[2]) or None
+    parts = owner.rsplit(":", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1]), None
+    return None
 
 
 def _dead_local_owner(owner: str) -> bool:
-    """Whether ``owner`` names a process of this host that is gone: exited, a zombie
-    (``kill -9``'d but not yet reaped: ``os.kill(pid, 0)`` still succeeds on it), or
-    exited with its PID since reused by another process (the start time differs)."""
-    parts = owner.split(":")
-    if len(parts) == 4:
-        host, pid_text, started, _ = parts
-    elif len(parts) == 3:  # an owner id written before start times were recorded
-        host, pid_text, _ = parts
-        started = None
-    else:
+    """Whether ``owner`` names a process of this host that has exited.
+
+    A zombie (exited, not yet reaped by its parent) still answers ``kill(pid, 0)``, and a
+    PID can be reused by a later process: both count as dead, told apart by ``/proc``.
+    """
+    parsed = _parse_owner(owner)
+    if parsed is None:
         return False
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
+    host, pid, start = parsed
     if host != socket.gethostname() or pid == os.getpid():
         return False
     try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return True
-        return started not in (None, "0") and f"{process.create_time():.2f}" != started
-    except psutil.NoSuchProcess:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return True
-    except (psutil.AccessDenied, OSError):  # exists, owned by someone else
+    except PermissionError:  # exists, owned by someone else
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc here: the process exists, so it is alive
         return False
+    state, started = stat
+    if state in ("Z", "X"):
+        return True
+    return start is not None and started != start
 
 
 def acquire(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
@@ -105,3 +131,18 @@ def renew(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> boo
 def release(storage, store_id: str, owner: str) -> None:
     with storage.transaction() as tx:
         tx.execute(delete(lease_t).where(and_(lease_t.c.store_id == store_id, lease_t.c.owner == owner)))
+
+
+def fence(tx, store_id: str, owner: str) -> None:
+    """Raise :class:`LeaseLost` unless ``owner`` still holds the lease, checked inside ``tx``.
+
+    Call it in every write transaction of a run: the fencing check and the writes commit
+    together or not at all. The lease row is read ``FOR SHARE`` (PostgreSQL) so a takeover
+    cannot commit between this check and the commit; SQLite write transactions are already
+    serialized (``BEGIN IMMEDIATE``).
+    """
+    held = tx.execute(
+        select(lease_t.c.owner).where(lease_t.c.store_id == store_id).with_for_update(read=True)
+    ).first()
+    if held is None or held.owner != owner:
+        raise LeaseLost("this worker lost the sync lease to another worker; it writes nothing more")

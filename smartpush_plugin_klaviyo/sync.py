@@ -38,7 +38,7 @@ from hookspecs.types import SkippedRecord, SyncReport
 from smartpush_plugin_klaviyo import groups as groups_mod
 from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import (
-    KlaviyoPluginError,
+    LeaseLost,
     SyncCancelled,
 )
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
@@ -919,6 +919,11 @@ class SyncRun:
             exc = SyncCancelled("the integration was cancelled")
             self._abort(exc)
             raise exc
+        try:
+            lease.fence(tx, self.store_id, self.options.lease_owner)
+        except LeaseLost as exc:
+            self._abort(exc)
+            raise
 
     def progress_record(self) -> dict:
         """Where this run is, as :class:`hookspecs.types.SyncProgress` fields."""
@@ -967,7 +972,7 @@ class SyncRun:
                     return
                 if time.monotonic() - last_renew > 15:
                     if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner):
-                        self._abort(KlaviyoPluginError("lost the sync lease to another worker"))
+                        self._abort(LeaseLost("this worker lost the sync lease to another worker"))
                         return
                     last_renew = time.monotonic()
             except Exception:  # a transient database hiccup must not kill the watcher

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import String, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.fastsql import FastStatement, InListStatement, bind_value
 from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
@@ -25,7 +25,7 @@ from smartpush_plugin_klaviyo.state import (
     profile_map_t,
     skipped_t,
 )
-from smartpush_plugin_klaviyo.timeutil import format_iso, utcnow
+from smartpush_plugin_klaviyo.timeutil import utcnow
 
 TAG_PREFIXES = ("kla_list_", "kla_segment_")
 PHONE_TAKEN = "-phone"
@@ -133,25 +133,7 @@ class PageWriter:
         originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
         for c in originals.values():
             c.properties = dict(c.properties)
-        # A mapped profile whose email (or phone) is new to its contact but held by another
-        # contact (Klaviyo merged a profile into this one, or the address moved between
-        # profiles): filling it would make two contacts with one address. It stays where it
-        # is; the profile keeps it in its kla_ properties, and the case is reported.
-        held_email: dict[str, list[str]] = {}
-        held_phone: dict[str, list[str]] = {}
-        if known:
-            new_emails, new_phones = set(), set()
-            for m in by_id.values():
-                row = known.get(m.klaviyo_id)
-                c = loaded.get(row.contact_uid) if row is not None else None
-                if c is None:
-                    continue
-                if m.email_key and (not c.email or normalize_email_key(c.email) != m.email_key):
-                    new_emails.add(m.email_key)
-                if m.phone and c.phone != m.phone:
-                    new_phones.add(m.phone)
-            held_email = contacts.find_by_emails(tx, new_emails) if new_emails else {}
-            held_phone = contacts.find_by_phones(tx, new_phones) if new_phones else {}
+        held_email, held_phone = self._held_elsewhere(tx, known, by_id, loaded)
         pending: dict[str, Contact] = {}  # temporary uid -> draft of a contact to create
         page_email: dict[str, str] = {}
         page_phone: dict[str, str] = {}
@@ -167,18 +149,15 @@ class PageWriter:
                 owned = set(filter(None, (row.owned_fields or "").split(",")))
                 phone_taken = PHONE_TAKEN in owned
                 owned.discard(PHONE_TAKEN)
+                if m.email_key and held_email.get(m.email_key, {uid}) - {uid}:
+                    # The profile took an email another contact holds (a Klaviyo merge gave it the
+                    # merged-away profile's): that contact keeps it, this one never copies it.
+                    m = dataclasses.replace(m, email=None, email_key=None, email_status=None)
+                    counts["email_held_elsewhere"] += 1
+                if not phone_taken and m.phone and held_phone.get(m.phone, {uid}) - {uid}:
+                    phone_taken = True  # same reason; kept as kla_phone_number, like a shared phone
                 if phone_taken:
                     m = dataclasses.replace(m, phone=None, sms_status=None)
-                if m.email_key and any(u != uid for u in held_email.get(m.email_key, ())) or (
-                    m.email_key and page_email.get(m.email_key, uid) != uid
-                ):
-                    m = dataclasses.replace(m, email=None, email_key=None, email_status=None)
-                    counts["email_held_by_another_contact"] += 1
-                    events.append(("email_held_elsewhere", f"Klaviyo profile {m.klaviyo_id}'s email belongs to "
-                                   "another contact; not copied to its own contact"))
-                if m.phone and (any(u != uid for u in held_phone.get(m.phone, ())) or page_phone.get(m.phone, uid) != uid):
-                    m = dataclasses.replace(m, phone=None, sms_status=None)
-                    counts["phone_held_by_another_contact"] += 1
             else:
                 uid, via, owned = None, None, set()
                 if m.email_key:
@@ -253,7 +232,6 @@ class PageWriter:
                 "owned_fields": ",".join(sorted(owned)),
                 "profile_updated": m.updated.isoformat() if m.updated else None,
                 "last_seen_run": self.run_id,
-                "created": format_iso(m.created) if m.created else None,
             }
             (map_updates if row is not None else map_inserts).append(values)
         # Create new contacts, then resolve their temporary uids.
@@ -279,7 +257,7 @@ class PageWriter:
                 tx,
                 _UPDATE_MAP_KEYS,
                 [
-                    (v["store_id"], v["klaviyo_id"], v["owned_fields"], v["profile_updated"], v["last_seen_run"], v["created"])
+                    (v["store_id"], v["klaviyo_id"], v["owned_fields"], v["profile_updated"], v["last_seen_run"])
                     for v in map_updates
                 ],
             )
@@ -295,6 +273,31 @@ class PageWriter:
                 tx, {v["klaviyo_id"]: v["contact_uid"] for v in map_inserts if v["contact_uid"] in created}
             )
             self.recompute_tags(tx, {v["contact_uid"] for v in map_inserts if v["contact_uid"] not in created})
+
+    def _held_elsewhere(self, tx, known, by_id, loaded) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Contacts holding an email/phone that a mapped profile brings to its contact anew.
+
+        Klaviyo merges move the merged-away profile's email or phone to the profile kept;
+        the contact of the merged-away profile still holds it. Only addresses the mapped
+        contact does not already hold are looked up, so a steady sync queries nothing.
+        """
+        emails: set[str] = set()
+        phones: set[str] = set()
+        for kid, row in known.items():
+            m, c = by_id[kid], loaded.get(row.contact_uid)
+            if c is None:
+                continue
+            if m.email_key and (not c.email or normalize_email_key(c.email) != m.email_key):
+                emails.add(m.email_key)
+            if m.phone and c.phone != m.phone:
+                phones.add(m.phone)
+        contacts = self.ctx.contacts
+        by_email = contacts.find_by_emails(tx, emails) if emails else {}
+        by_phone = contacts.find_by_phones(tx, phones) if phones else {}
+        return (
+            {k: set(v) for k, v in by_email.items() if v},
+            {k: set(v) for k, v in by_phone.items() if v},
+        )
 
     def _record_skips(self, tx, skips: dict[str, str]) -> None:
         ids = list(skips)
@@ -484,9 +487,9 @@ _SEEN = InListStatement(update(membership_t).where(_of_group_kids()).values(seen
 _INSERT_SKIP = insert(skipped_t)
 _INSERT_MAP = FastStatement(
     insert(profile_map_t),
-    ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run", "created"],
+    ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run"],
 )
-_UPDATE_MAP_KEYS = ("b_store", "b_kid", "owned_fields", "profile_updated", "last_seen_run", "created")
+_UPDATE_MAP_KEYS = ("b_store", "b_kid", "owned_fields", "profile_updated", "last_seen_run")
 _UPDATE_MAP = FastStatement(
     # bind names must differ from column names in UPDATE ... SET
     update(profile_map_t)
@@ -495,7 +498,6 @@ _UPDATE_MAP = FastStatement(
         owned_fields=bindparam("owned_fields"),
         profile_updated=bindparam("profile_updated"),
         last_seen_run=bindparam("last_seen_run"),
-        created=func.coalesce(bindparam("created", type_=String), profile_map_t.c.created),
     )
 )
 _MEMBER_KEYS = ("store_id", "group_id", "klaviyo_id", "seen_gen")

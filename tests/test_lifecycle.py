@@ -350,3 +350,60 @@ def test_same_phone_different_email_keeps_both_emails(h, account):
         assert {a["email"], b["email"]} == {"first.person@example.com", "second.person@example.com"}
         assert [c["phone"] for c in (a, b)].count("+14155550123") == 1
         assert a["properties"]["kla_phone_number"] == b["properties"]["kla_phone_number"] == "+14155550123"
+
+
+def test_a_275_character_segment_name_becomes_a_whole_tag(h, account):
+    """Klaviyo promises no length for group names; the tag keeps the whole name on every database."""
+    long_name = "Long " + "x" * 270
+    seg = account.create_group("segment", long_name)
+    member = account.profile_ids()[7]
+    account.add_member(seg, member)
+    h.install_and_authorize(DEFAULT_API_KEY)
+    report = h.sync("full")
+    assert report.outcome == "completed", report.message
+    tag = "kla_segment_long_" + "x" * 270
+    assert len(tag) > 255
+    contacts = assert_tags_exact(h)
+    tagged = [c for c in contacts if tag in c["tags"]]
+    assert [kid for c in tagged for kid in c["klaviyo_ids"] if kid == member] == [member]
+
+
+def _shared_with_klaviyo_once(account, contacts) -> dict[str, list[str]]:
+    """Emails/phones Klaviyo holds on one profile that two or more contacts hold."""
+    from collections import Counter
+
+    held = Counter()
+    for p in account.iter_profiles():
+        a = p["attributes"]
+        if a.get("email"):
+            held["e:" + a["email"].strip().lower()] += 1
+        if a.get("phone_number"):
+            held["p:" + a["phone_number"]] += 1
+    owners: dict[str, list[str]] = {}
+    for c in contacts:
+        for key in (("e:" + c["email"].strip().lower()) if c.get("email") else None,
+                    ("p:" + c["phone"]) if c.get("phone") else None):
+            if key:
+                owners.setdefault(key, []).append(c["uid"] if "uid" in c else str(c["klaviyo_ids"]))
+    return {k: v for k, v in owners.items() if len(v) > 1 and held.get(k) == 1}
+
+
+@pytest.mark.parametrize("second", ["full", "incremental"])
+def test_klaviyo_merges_never_leave_two_contacts_with_one_email_or_phone(h, account, second):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert h.sync("full").outcome == "completed"
+    ids = account.profile_ids()
+    attrs = {p["id"]: p["attributes"] for p in account.iter_profiles()}
+    # Keepers without an email or phone take the merged-away profile's (Klaviyo fills blanks).
+    bare = [pid for pid in ids if not attrs[pid].get("email") or not attrs[pid].get("phone_number")]
+    rest = [pid for pid in ids if pid not in bare]
+    keeps = (bare + rest)[:100]
+    gones = [pid for pid in reversed(ids) if pid not in keeps][:100]
+    for keep, gone in zip(keeps, gones, strict=True):
+        account.merge_profiles(keep, gone)
+    report = h.sync(second)
+    assert report.outcome == "completed", report.message
+    assert _shared_with_klaviyo_once(account, h.export()) == {}
+    report = h.sync("incremental")
+    assert report.outcome == "completed", report.message
+    assert _shared_with_klaviyo_once(account, h.export()) == {}

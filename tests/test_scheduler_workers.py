@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import timedelta
 
 import pytest
@@ -52,6 +53,67 @@ def test_a_dead_workers_lease_is_taken_over_at_once(db_url, tmp_path, server, ac
 
     dead = f"{socket.gethostname()}:{2**22 + 12345}:deadbeef"  # a pid that does not exist
     assert lease.acquire(host.storage, h.store, dead)
+    assert h.sync("full").outcome == "completed"
+    host.close()
+
+
+# A worker that takes the store's lease under its own owner id, says so, and waits.
+_HOLD_LEASE = """
+import sys, time
+from smartpush_devhost.storage import SqlStorage
+from smartpush_plugin_klaviyo import lease
+assert lease.acquire(SqlStorage(sys.argv[1]), sys.argv[2], lease.new_owner_id())
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sigkilled_workers_lease_is_taken_over_at_once_even_as_a_zombie(db_url, tmp_path, server, account):
+    """A worker killed with SIGKILL and not yet reaped is a zombie: kill(pid, 0) still succeeds."""
+    import os
+    import signal
+    import sys
+
+    host = make_host(db_url, tmp_path, server)
+    h = Harness(host=host, server=server, account=account)
+    h.install_and_authorize(DEFAULT_API_KEY)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LEASE, db_url, h.store],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGKILL)
+        for _ in range(200):  # until the kernel has made it a zombie (it is never reaped here)
+            with open(f"/proc/{holder.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the killed worker never became a zombie")
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+    finally:
+        holder.wait()
+    host.close()
+
+
+def test_a_reused_pid_does_not_keep_a_dead_workers_lease(db_url, tmp_path, server, account):
+    """An owner naming a live PID with another start time is a dead worker whose PID was reused."""
+    import os
+    import socket
+
+    from smartpush_plugin_klaviyo import lease
+
+    host = make_host(db_url, tmp_path, server)
+    h = Harness(host=host, server=server, account=account)
+    h.install_and_authorize(DEFAULT_API_KEY)
+    parent = os.getppid()  # alive, and not this process
+    real_start = lease._start_time(parent)
+    assert real_start
+    assert not lease._dead_local_owner(f"{socket.gethostname()}:{parent}:{real_start}:cafe0001")
+    reused = f"{socket.gethostname()}:{parent}:{real_start + 1}:cafe0002"
+    assert lease.acquire(host.storage, h.store, reused)
     assert h.sync("full").outcome == "completed"
     host.close()
 

@@ -1,0 +1,103 @@
+"""Writes are fenced by the lease: a worker that lost it commits nothing (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from klaviyo_standin import DEFAULT_API_KEY, generate_account
+from sqlalchemy import func, select, update
+
+from smartpush_devhost.models import SpContact
+from smartpush_plugin_klaviyo import lease
+from smartpush_plugin_klaviyo.errors import LeaseLost
+from smartpush_plugin_klaviyo.state import lease_t, profile_map_t, run_t, stream_t
+from tests.harness import Harness
+from tests import test_lifecycle
+
+h = test_lifecycle.h  # the same host fixture
+server = test_lifecycle.server  # and stand-in server fixture
+
+
+@pytest.fixture
+def account():
+    return generate_account(profiles=3000, seed=44)
+
+
+def _audit(h: Harness) -> tuple:
+    """Rows and checkpoints a sync writes: contacts, mappings, streams' positions, runs."""
+    with h.host.storage.transaction(readonly=True) as tx:
+        contacts = tx.execute(select(func.count()).select_from(SpContact.__table__)).scalar_one()
+        mapped = tx.execute(select(func.count()).select_from(profile_map_t)).scalar_one()
+        streams = sorted(tuple(r) for r in tx.execute(select(stream_t.c.key, stream_t.c.next_url, stream_t.c.done)))
+        runs = sorted(tuple(r) for r in tx.execute(select(run_t.c.run_id, run_t.c.phase, run_t.c.finished_at)))
+    return contacts, mapped, streams, runs
+
+
+def test_a_transaction_of_a_worker_that_lost_the_lease_commits_nothing(h):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    storage = h.host.storage
+    assert lease.acquire(storage, h.store, "worker-a")
+    with storage.transaction() as tx:
+        lease.fence(tx, h.store, "worker-a")  # still the holder: passes
+    with storage.transaction() as tx:  # the lease expired and another worker took it
+        tx.execute(update(lease_t).where(lease_t.c.store_id == h.store).values(owner="worker-b"))
+    before = _audit(h)
+    with pytest.raises(LeaseLost), storage.transaction() as tx:
+        tx.execute(update(lease_t).where(lease_t.c.store_id == h.store).values(owner="worker-a-wrote-this"))
+        lease.fence(tx, h.store, "worker-a")
+    with storage.transaction(readonly=True) as tx:
+        assert tx.execute(select(lease_t.c.owner)).scalar_one() == "worker-b"  # rolled back
+    assert _audit(h) == before
+
+
+def test_a_sync_whose_lease_is_taken_over_mid_run_writes_nothing_after(h):
+    h.install_and_authorize(DEFAULT_API_KEY)
+    storage = h.host.storage
+    taken = threading.Event()
+    snapshot: list = []
+
+    def take_over_once_writing() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if _audit(h)[1] > 0:  # the run has mapped some profiles
+                with storage.transaction() as tx:  # what a worker taking an expired lease commits
+                    tx.execute(update(lease_t).where(lease_t.c.store_id == h.store).values(owner="new-worker"))
+                snapshot.append(_audit(h))
+                taken.set()
+                return
+            time.sleep(0.01)
+
+    thief = threading.Thread(target=take_over_once_writing)
+    thief.start()
+    report = h.sync("full")
+    thief.join()
+    assert taken.is_set(), "the run finished before the takeover"
+    assert report.outcome == "cancelled", report.message
+    assert "lease" in report.message
+    assert _audit(h) == snapshot[0]
+    assert _audit(h)[1] < 3000
+
+
+def test_lock_waits_are_bounded_on_postgresql(db_url, h, monkeypatch):
+    """A transaction left open by a frozen worker makes others fail after the lock timeout."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's bound is its busy timeout")
+    from sqlalchemy.exc import OperationalError
+
+    from smartpush_devhost import storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "POSTGRES_LOCK_TIMEOUT_MS", 300)
+    frozen, waiting = storage_mod.SqlStorage(db_url), storage_mod.SqlStorage(db_url)
+    h.install_and_authorize(DEFAULT_API_KEY)  # creates the plugin's tables
+    lease.acquire(frozen, "shop", "frozen-worker", ttl=timedelta(seconds=-1))  # expired: others may take it
+    with frozen.transaction() as tx:
+        lease.fence(tx, "shop", "frozen-worker")  # holds the lease row until this block ends
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            lease.acquire(waiting, "shop", "other-worker")
+        assert time.monotonic() - started < 5
+    frozen.engine.dispose()
+    waiting.engine.dispose()
