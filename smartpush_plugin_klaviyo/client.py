@@ -6,10 +6,11 @@ pool) and is safe to share between the threads of a pool. Every request:
 1. takes a slot from its endpoint's :class:`~smartpush_plugin_klaviyo.ratelimit.RateBudget`
    (``profile_count`` requests also take one from that field's stricter budget);
 2. is sent with ``Authorization: Klaviyo-API-Key …``, ``revision`` and JSON:API ``Accept``;
-3. feeds the response's ``RateLimit-*`` headers back to the endpoint's budget, with the
-   grant's ticket (so the budget knows which of its grants the server had counted); a
-   stacked budget (``profile_count``) never follows them: they describe the endpoint's
-   window, and a documented stricter limit is never exceeded whatever they say;
+3. feeds the response's ``RateLimit-*`` headers back to the ENDPOINT's budget only, with
+   that grant's ticket (so the budget knows which of its grants the server had counted):
+   Klaviyo's headers describe the endpoint's own window (750/min for ``/api/lists/{id}``
+   even on a ``profile_count`` request), never the stacked field's, whose budget keeps its
+   documented cap (a strict budget: headers never loosen it);
 4. is mapped to the error hierarchy of :mod:`smartpush_plugin_klaviyo.errors`.
 
 Retries (with :mod:`tenacity`: jittered exponential backoff, bounded by ``max_retries``

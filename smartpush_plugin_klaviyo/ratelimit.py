@@ -45,6 +45,12 @@ the figures are fresh (an error page, say) changes nothing, since the figures st
 until their window resets. The sliding log records every grant in both modes, so
 switching is safe in both directions.
 
+**Stacked limits** (an additional field's own limit on top of the endpoint's, such as
+``profile_count``'s 1/s 15/min on ``/api/lists/{id}``) get a *strict* budget: the request
+takes a slot from both, the headers (which describe the endpoint's window) are only fed to
+the endpoint's budget, and a strict budget keeps its sliding steady log whatever it is told,
+so headers can only make it stricter, never exceed the documented cap.
+
 Always, whatever the mode:
 
 * the burst window is a local sliding log at the margin (67 per second for 75/s);

@@ -130,6 +130,11 @@ def test_daily_churn_applies_a_realistic_day_deterministically():
     for pid in churn.deleted + [gone for _, gone in churn.merged]:
         assert account.get_profile(pid) is None
     assert {kind for _, kind in churn.quiet_consent} == set(QUIET_KINDS)
+    fresh = generate_account(2000, seed=4, groups=20)  # the account before the day
+    for pid, kind in churn.quiet_consent:  # every quiet change changes something, quietly
+        old, new = fresh.get_profile(pid)["attributes"], account.get_profile(pid)["attributes"]
+        assert new["updated"] == old["updated"], kind
+        assert new["subscriptions"]["email"]["marketing"] != old["subscriptions"]["email"]["marketing"], kind
     for gid, pid in churn.left:
         assert pid not in {p for p, _ in account.iter_members(gid)}
     for gid, pid in churn.joined:
