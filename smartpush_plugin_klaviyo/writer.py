@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import String, and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.fastsql import FastStatement, InListStatement, bind_value
 from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
@@ -25,7 +25,7 @@ from smartpush_plugin_klaviyo.state import (
     profile_map_t,
     skipped_t,
 )
-from smartpush_plugin_klaviyo.timeutil import utcnow
+from smartpush_plugin_klaviyo.timeutil import format_iso, utcnow
 
 TAG_PREFIXES = ("kla_list_", "kla_segment_")
 PHONE_TAKEN = "-phone"
@@ -232,6 +232,7 @@ class PageWriter:
                 "owned_fields": ",".join(sorted(owned)),
                 "profile_updated": m.updated.isoformat() if m.updated else None,
                 "last_seen_run": self.run_id,
+                "created": format_iso(m.created) if m.created else None,
             }
             (map_updates if row is not None else map_inserts).append(values)
         # Create new contacts, then resolve their temporary uids.
@@ -257,7 +258,7 @@ class PageWriter:
                 tx,
                 _UPDATE_MAP_KEYS,
                 [
-                    (v["store_id"], v["klaviyo_id"], v["owned_fields"], v["profile_updated"], v["last_seen_run"])
+                    (v["store_id"], v["klaviyo_id"], v["owned_fields"], v["profile_updated"], v["last_seen_run"], v["created"])
                     for v in map_updates
                 ],
             )
@@ -487,9 +488,9 @@ _SEEN = InListStatement(update(membership_t).where(_of_group_kids()).values(seen
 _INSERT_SKIP = insert(skipped_t)
 _INSERT_MAP = FastStatement(
     insert(profile_map_t),
-    ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run"],
+    ["store_id", "klaviyo_id", "contact_uid", "is_primary", "owned_fields", "profile_updated", "last_seen_run", "created"],
 )
-_UPDATE_MAP_KEYS = ("b_store", "b_kid", "owned_fields", "profile_updated", "last_seen_run")
+_UPDATE_MAP_KEYS = ("b_store", "b_kid", "owned_fields", "profile_updated", "last_seen_run", "created")
 _UPDATE_MAP = FastStatement(
     # bind names must differ from column names in UPDATE ... SET
     update(profile_map_t)
@@ -498,6 +499,8 @@ _UPDATE_MAP = FastStatement(
         owned_fields=bindparam("owned_fields"),
         profile_updated=bindparam("profile_updated"),
         last_seen_run=bindparam("last_seen_run"),
+        # the rolling sweep covers ranges of ``created``: kept once known
+        created=func.coalesce(bindparam("created", type_=String), profile_map_t.c.created),
     )
 )
 _MEMBER_KEYS = ("store_id", "group_id", "klaviyo_id", "seen_gen")

@@ -39,7 +39,9 @@ def test_kill_9_at_several_points_then_resume(tmp_path, db_url):
         result = smartpush(env, "sync", "klaviyo", "--full", "--json")
         report = json.loads(result.stdout)
         assert report["outcome"] == "completed"
-        if last_killed:
+        if last_killed and status["extra"]["resumable_run"]:
+            # (a process killed while it was already exiting, its run completed, leaves
+            # nothing to resume: on a loaded machine exiting takes a while)
             assert report["resumed"], "the run after a kill resumes from the checkpoints"
         contacts = export(env, tmp_path)
 

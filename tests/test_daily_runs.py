@@ -145,11 +145,12 @@ def test_deleted_and_merged_profiles_leave_within_seven_daily_runs(db_url, tmp_p
         gone_ids = set(deleted) | {g for _, g in merged}
         uid_of = {kid: c["uid"] for c in h.export() for kid in c["klaviyo_ids"]}
         left_at: dict[str, int] = {}
-        swept = 0
+        swept = checked = 0
         for run in range(1, 8):
             report = h.sync("incremental")
             assert report.outcome == "completed", report.message
             swept += report.counts["profiles_swept"]
+            checked += report.counts.get("profiles_checked_by_id", 0)
             mapped = imported_ids(h)
             for kid in gone_ids - set(left_at):
                 if kid not in mapped:
@@ -161,6 +162,8 @@ def test_deleted_and_merged_profiles_leave_within_seven_daily_runs(db_url, tmp_p
             assert not [t for t in by_uid[uid_of[kid]]["tags"] if t.startswith("kla_")]
         # bounded cost: one sweep of the account over the 7 runs, plus a page per run
         assert swept <= 2000 + 7 * 100
+        # only the profiles missing from the range a run swept are looked up by id
+        assert checked <= len(gone_ids) + 30
         # nobody else lost their mapping
         assert imported_ids(h) == set(uid_of) - gone_ids
 

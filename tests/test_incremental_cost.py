@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 
@@ -30,9 +32,12 @@ def test_one_percent_changed_costs_about_one_percent(db_url, tmp_path):
     print(f"profile requests: full {full_pages}, incremental {inc_pages} "
           f"({inc_pages / full_pages:.1%}); profiles seen {inc.counts['profiles_seen']}")
     print("incremental requests:", inc.requests)
-    assert inc.counts["profiles_seen"] >= 200
-    assert inc_pages <= 0.01 * full_pages + 2  # the changed pages plus the one probe
-    # Memberships: unchanged groups cost a joins page and a count each, not a rescan.
+    assert inc.counts["profiles_seen"] - inc.counts["profiles_swept"] >= 200
+    # the changed pages, the probe, a page per suppression filter, and the rolling sweep's
+    # share of the account (1/7 of the full run's pages: deletions and quiet consent changes)
+    assert inc_pages <= 0.01 * full_pages + 4 + math.ceil(full_pages / 7) + 1
+    # Memberships: small groups are rescanned (a page or two each), the large ones' turn
+    # (about 1/7 of their pages) too; the other large groups cost a joins page each.
     member_requests = sum(v for k, v in inc.requests.items() if "relationships" in k)
     full_member_requests = sum(v for k, v in full.requests.items() if "relationships" in k)
-    assert member_requests <= 0.05 * full_member_requests
+    assert member_requests <= 0.3 * full_member_requests
