@@ -72,7 +72,11 @@ def test_a_sync_whose_lease_is_taken_over_mid_run_writes_nothing_after(h):
 
     thief = threading.Thread(target=take_over_once_writing)
     thief.start()
-    report = h.sync("full")
+    h.server.latency = 0.2  # a run that lasts: the takeover lands mid-run even on a busy machine
+    try:
+        report = h.sync("full")
+    finally:
+        h.server.latency = 0.0
     thief.join()
     assert taken.is_set(), "the run finished before the takeover"
     assert report.outcome == "cancelled", report.message
