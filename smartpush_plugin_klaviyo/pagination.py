@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+from smartpush_plugin_klaviyo import endpoints
 from smartpush_plugin_klaviyo.errors import BadRequestError, PaginationError
 
 __all__ = [
@@ -37,42 +38,13 @@ __all__ = [
     "ADDITIONAL_FIELDS_USED",
 ]
 
-# page[size] maxima of the endpoints read (spec 2026-07-15; tests/test_spec_agreement.py).
-PAGE_SIZE_MAX: dict[str, int] = {
-    "/api/profiles": 100,
-    "/api/lists": 10,
-    "/api/segments": 10,
-    "/api/lists/{id}/relationships/profiles": 100,
-    "/api/segments/{id}/relationships/profiles": 100,
-}
-
-# The filter fields and operators the plugin uses, per endpoint (each must be allowed by the spec).
-FILTERS_USED: dict[str, dict[str, frozenset[str]]] = {
-    "/api/profiles": {
-        "updated": frozenset({"greater-than", "less-than"}),
-        "id": frozenset({"any", "equals"}),
-    },
-    "/api/lists/{id}/relationships/profiles": {
-        "joined_group_at": frozenset({"greater-than", "less-than", "greater-or-equal", "less-or-equal"}),
-    },
-    "/api/segments/{id}/relationships/profiles": {
-        "joined_group_at": frozenset({"greater-than", "less-than", "greater-or-equal", "less-or-equal"}),
-    },
-}
-
-# The sort values the plugin uses, per endpoint (each must be in the spec's enum).
-SORTS_USED: dict[str, tuple[str, ...]] = {
-    "/api/profiles": ("updated", "-updated"),
-    "/api/lists/{id}/relationships/profiles": ("joined_group_at",),
-    "/api/segments/{id}/relationships/profiles": ("joined_group_at",),
-}
-
-# additional-fields the plugin asks for (predictive_analytics is never requested).
-ADDITIONAL_FIELDS_USED: dict[str, tuple[str, str]] = {
-    "/api/profiles": ("additional-fields[profile]", "subscriptions"),
-    "/api/lists/{id}": ("additional-fields[list]", "profile_count"),
-    "/api/segments/{id}": ("additional-fields[segment]", "profile_count"),
-}
+# Views of the one table of the endpoints the plugin reads (smartpush_plugin_klaviyo.endpoints;
+# tests/test_spec_agreement.py checks it against the spec): page[size] maxima, the filter
+# fields/operators, sorts and additional fields the plugin uses, per endpoint template.
+PAGE_SIZE_MAX: dict[str, int] = endpoints.page_size_max()
+FILTERS_USED: dict[str, dict[str, frozenset[str]]] = endpoints.filters_used()
+SORTS_USED: dict[str, tuple[str, ...]] = endpoints.sorts_used()
+ADDITIONAL_FIELDS_USED: dict[str, tuple[str, str]] = endpoints.additional_fields_used()
 
 
 # ------------------------------------------------------------------ filters

@@ -221,6 +221,8 @@ class SyncRun:
         self.epoch = integ.epoch
         run, resumed = self._load_or_create_run(requested_mode, integ)
         self.run_id, self.gen, self.mode = run["run_id"], run["seq"], run["mode"]
+        self.profiles_since = run["profiles_since"]
+        """Incremental: joins and profiles after this (the last watermark less the overlap)."""
         self.writer = PageWriter(self.ctx, self.run_id, self.gen, self.counters)
         watcher = threading.Thread(target=self._watch, name=f"klaviyo-watch-{self.store_id}", daemon=True)
         watcher.start()
@@ -781,10 +783,7 @@ class SyncRun:
         then (while the run's count budget lasts) ``profile_count`` tells whether anyone
         left; without it, removals wait for the group's turn (at most ``rescan_every_runs``)."""
         kind, gid = group["kind"], group["group_id"]
-        with self.ctx.storage.transaction(readonly=True) as tx:
-            since = tx.execute(
-                select(run_t.c.profiles_since).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
-            ).scalar()
+        since = self.profiles_since  # read once with the run, not once per group
         path, params = member_request(kind, gid, format_iso(since) if since else None, None)
         for page in paginate(self.client, path, params):
             ids = [r.get("id") for r in page.data if isinstance(r, dict)]

@@ -148,7 +148,7 @@ def test_embedded_tables_are_views_of_the_endpoint_table():
     assert client_mod.ENDPOINT_SCOPES == endpoints.scopes()
     assert {k: (v.burst, v.steady) for k, v in ratelimit.ENDPOINT_LIMITS.items()} == endpoints.limits()
     assert ratelimit.ENDPOINT_LIMITS["/api/lists/{id}" + ratelimit.PROFILE_COUNT_SUFFIX] == ratelimit.Limit(1, 15)
-    # pagination.py keeps its own names (importers); they must agree with the table
+    # pagination.py keeps its own names (importers): views of the table
     assert pagination.PAGE_SIZE_MAX == endpoints.page_size_max()
     assert pagination.ADDITIONAL_FIELDS_USED == endpoints.additional_fields_used()
     table_filters, table_sorts = endpoints.filters_used(), endpoints.sorts_used()
