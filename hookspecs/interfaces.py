@@ -12,6 +12,7 @@ neither.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -181,6 +182,11 @@ class HostContext:
 
     ``settings`` carries host configuration a plugin may read (the development host
     puts ``KLAVIYO_BASE_URL`` there); a plugin must treat absent keys as defaults.
+
+    ``stop_requested`` is set by the host when it is shutting down (Ctrl-C, SIGTERM,
+    a worker told to stop). A running sync notices it within a second, keeps its
+    checkpoints and returns ``outcome="stopped"``; the next call resumes. ``None``:
+    this host never asks (the run goes on until it completes, pauses or is cancelled).
     """
 
     store_id: str
@@ -190,6 +196,7 @@ class HostContext:
     plan: Plan
     secrets: SecretStore
     settings: Mapping[str, str] = field(default_factory=dict)
+    stop_requested: threading.Event | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"HostContext(store_id={self.store_id!r})"

@@ -69,8 +69,9 @@ def smartpush_sync(integration: str, host: HostContext, mode: SyncMode) -> SyncR
 
     Called by the merchant (manual full sync, ``mode="full"``) and by the host's
     scheduler when the daily job is due (``mode="incremental"``). Blocks until the
-    run completes, pauses (bad key, plan downgrade, repeated errors) or is cancelled
-    (uninstall). An interrupted run resumes from its last checkpoint on the next call.
+    run completes, pauses (bad key, plan downgrade, repeated errors), is cancelled
+    (uninstall) or is stopped (the host set ``host.stop_requested``: outcome
+    ``"stopped"``). An interrupted run resumes from its last checkpoint on the next call.
     Two concurrent calls for one store never run at once: the second returns
     ``outcome="already_running"``.
 

@@ -78,7 +78,7 @@ class SyncReport(BaseModel):
     integration: str
     store_id: str
     mode: SyncMode
-    outcome: Literal["completed", "paused", "cancelled", "already_running", "not_installed", "failed"]
+    outcome: Literal["completed", "paused", "cancelled", "stopped", "already_running", "not_installed", "failed"]
     message: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None

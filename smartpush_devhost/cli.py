@@ -220,16 +220,21 @@ def _add_integration_commands(root: click.Group, pm: pluggy.PluginManager) -> No
         5 cancelled; 130 (Ctrl-C) or 143 (SIGTERM) when stopped: the run resumes next time.
         """
         from smartpush_devhost.progress import ProgressView
+        from smartpush_devhost.signals import PROCESS
 
         cli = _obj()
         ctx = cli.host_context()
         mode = "full" if full else "incremental"
-        if progress:
-            with ProgressView(lambda: pm.hook.smartpush_status(integration=name, host=cli.host_context())):
+        # the first Ctrl-C/SIGTERM asks the run to stop at its next checkpoint (never mid-write)
+        with PROCESS.asking(ctx.stop_requested):
+            if progress:
+                with ProgressView(lambda: pm.hook.smartpush_status(integration=name, host=cli.host_context())):
+                    report = _require(pm.hook.smartpush_sync(integration=name, host=ctx, mode=mode), name)
+            else:
                 report = _require(pm.hook.smartpush_sync(integration=name, host=ctx, mode=mode), name)
-        else:
-            report = _require(pm.hook.smartpush_sync(integration=name, host=ctx, mode=mode), name)
         _echo_json(report) if as_json else click.echo(format_report(report))
+        if report.outcome == "stopped":
+            PROCESS.raise_if_signalled()  # exits 130/143 with the usual "stopped cleanly" line
         code = exit_codes.for_outcome(report.outcome)
         if code:
             raise click.exceptions.Exit(code)
@@ -351,9 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     lease released), leftover helper processes are ended, and the exit code is 130 or
     143. See :mod:`smartpush_devhost.exit_codes` for the others.
     """
-    from smartpush_devhost.progress import end_helpers, interrupted_exit_code, stop_on_signals
+    from smartpush_devhost.signals import PROCESS, end_helpers, interrupted_exit_code
 
-    stop_on_signals()
+    PROCESS.install()
     try:
         cli = build_cli()
     except Exception as exc:  # a broken plugin must fail loudly, not silently vanish

@@ -18,6 +18,7 @@ def _printer(as_json: bool):
                 "store_id": run.store_id, "integration": run.integration, "outcome": run.outcome,
                 "started_at": report.started_at.isoformat() if report is not None else None,
                 "finished_at": report.finished_at.isoformat() if report is not None else None,
+                "resumed": report.resumed if report is not None else None,
                 "next_run_at": run.next_run_at.isoformat() if run.next_run_at else None,
             }))
         else:
@@ -42,14 +43,19 @@ def scheduler_run(loop, interval, once, as_json):
     Ctrl-C gives the running job back (it is due again at once), never a day later.
     """
     from smartpush_devhost.scheduler import run_loop
+    from smartpush_devhost.signals import PROCESS
 
     cli = click.get_current_context().obj
     show = _printer(as_json)
-    if not loop or once:
-        run_loop(cli.host, cli.pm, max_rounds=1, on_run=show)
-        return
-    click.echo(f"polling every {interval:g} s; Ctrl-C to stop", err=True)
-    run_loop(cli.host, cli.pm, interval=interval, on_run=show)
+    host = cli.host
+    # the first Ctrl-C/SIGTERM asks the running sync to stop at its next checkpoint
+    with PROCESS.asking(host.stop_requested):
+        if not loop or once:
+            run_loop(host, cli.pm, max_rounds=1, on_run=show)
+        else:
+            click.echo(f"polling every {interval:g} s; Ctrl-C to stop", err=True)
+            run_loop(host, cli.pm, interval=interval, on_run=show)
+    PROCESS.raise_if_signalled()
 
 
 @click.command("worker")
@@ -59,10 +65,10 @@ def worker_command(workers, as_json):
     """Run a job-engine worker: takes the stores' daily syncs from the queue.
 
     The queue is SMARTPUSH_QUEUE_URL (redis://... to run workers on several machines)
-    or, by default, the embedded SQLite queue in the data directory. SIGINT lets the
-    running syncs finish, then exits 130; SIGTERM stops at once and exits 143 (the
-    interrupted jobs run again after the claim timeout, SMARTPUSH_JOB_CLAIM_SECONDS,
-    default 300).
+    or, by default, the embedded SQLite queue in the data directory. SIGINT or SIGTERM
+    stops the running syncs at their next checkpoint, gives their jobs back (due at
+    once) and exits 130 or 143; a second signal stops at once (those jobs run again
+    after the claim timeout, SMARTPUSH_JOB_CLAIM_SECONDS, default 300).
     """
     from smartpush_devhost.engine import run_worker
 

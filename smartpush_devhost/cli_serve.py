@@ -27,6 +27,7 @@ def register(root: click.Group) -> None:
         try:
             server.serve_forever()
         except KeyboardInterrupt:
+            host.stop_requested.set()  # syncs started from the page keep their checkpoints and stop
             click.echo("stopped", err=True)
         finally:
             server.close()

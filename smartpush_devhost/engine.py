@@ -125,7 +125,9 @@ def handle_message(host: "DevHost", pm, store_id: str, integration: str, version
         return None
     queue.enqueue(store_id, integration, c.version, c.claimed_at + c.timeout)  # the follow-up
     run = run_claimed(host, pm, c)
-    if run.next_version is not None:
+    if run.outcome == "stopped":  # this worker is stopping: the job was given back, due now for any worker
+        queue.enqueue(store_id, integration, c.version, utcnow())
+    elif run.next_version is not None:
         queue.revoke(store_id, integration, c.version)  # the follow-up is no longer needed
         queue.enqueue(store_id, integration, run.next_version, run.next_run_at)
     hook = _WORKER.get("on_run")
@@ -146,21 +148,35 @@ def reconcile(host: "DevHost") -> int:
 
 
 def run_worker(host: "DevHost", pm, *, workers: int = 1, on_run=None) -> int:
-    """Run a huey consumer (``workers`` threads) until SIGINT (running syncs finish
-    first) or SIGTERM (stop now: an interrupted job's claim expires without heartbeat
-    and another worker runs it). Returns the exit code: 130 after SIGINT, 143 after
-    SIGTERM, 0 otherwise. Helper processes of interrupted syncs are ended."""
+    """Run a huey consumer (``workers`` threads) until SIGINT or SIGTERM: the running
+    syncs stop at their next checkpoint (within seconds), their jobs are given back due
+    at once (another worker resumes them), then the worker exits; a second signal stops
+    at once (an interrupted job's claim expires without heartbeat and another worker
+    runs it). Returns the exit code: 130 after SIGINT, 143 after SIGTERM, 0 otherwise.
+    Helper processes of interrupted syncs are ended."""
     import signal
 
     from huey.consumer import Consumer
 
     from smartpush_devhost import exit_codes
-    from smartpush_devhost.progress import end_helpers
+    from smartpush_devhost.signals import end_helpers
 
     reconcile(host)
     _WORKER.update(host=host, pm=pm, on_run=on_run)
-    consumer = Consumer(host.queue.huey, workers=max(1, workers), worker_type="thread", periodic=False,
-                        check_worker_health=True)
+    class StoppingConsumer(Consumer):
+        """Both signals ask the running syncs to stop at their next checkpoint (their jobs
+        are given back, due at once) and then stop the worker; a second signal stops at once."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._signal_actions[signal.SIGTERM] = (False, True)  # (restart, graceful)
+
+        def _handle_signal(self, signum, frame):
+            host.stop_requested.set()
+            super()._handle_signal(signum, frame)
+
+    consumer = StoppingConsumer(host.queue.huey, workers=max(1, workers), worker_type="thread", periodic=False,
+                                check_worker_health=True)
     try:
         consumer.run()
     finally:

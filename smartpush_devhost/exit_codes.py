@@ -27,6 +27,7 @@ SYNC_OUTCOME_CODES = {
     "not_installed": PAUSED,
     "already_running": ALREADY_RUNNING,
     "cancelled": CANCELLED,
+    "stopped": INTERRUPTED,
 }
 """Exit code per ``SyncReport.outcome`` (an unknown outcome is :data:`FAILED`)."""
 

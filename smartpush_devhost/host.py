@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,9 @@ class DevHost:
         self.storage = SqlStorage(self.database_url)
         self.storage.create_all()
         self._known_stores: set[str] = set()
+        self.stop_requested = threading.Event()
+        """Set when this host shuts down: running syncs checkpoint and return ``"stopped"``
+        (every context's ``stop_requested``)."""
         from smartpush_devhost.engine import queue_url_from
 
         self.queue_url = self.settings.get("SMARTPUSH_QUEUE_URL") or queue_url_from(env, self.data_dir)
@@ -172,6 +176,7 @@ class DevHost:
             plan=SqlPlan(self.storage, store_id),
             secrets=SqlSecretStore(self.storage, self.keyring, store_id),
             settings=dict(self.settings),
+            stop_requested=self.stop_requested,
         )
 
     def host_context(self, store_id: str | None = None) -> HostContext:

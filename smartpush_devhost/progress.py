@@ -1,18 +1,15 @@
-"""What ``smartpush sync`` shows while a sync runs, and how the command stops on a signal.
+"""What ``smartpush sync`` shows while a sync runs.
 
 :class:`ProgressView` polls the integration's status from a thread (the plugin reports
 ``IntegrationStatus.progress``; before it does, the phase and the store's contact
 count): a rich progress bar with counts and ETA on a terminal, a plain line every few
 seconds otherwise. Output goes to stderr, so ``--json`` output stays parseable.
 
-:func:`stop_on_signals` turns SIGTERM into :class:`Terminated` (a KeyboardInterrupt,
-so the plugin unwinds exactly as on Ctrl-C: checkpoints kept, lease released, helper
-pool shut down); :func:`end_helpers` ends any helper process still left.
+How the command stops on a signal is in :mod:`smartpush_devhost.signals`.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -21,58 +18,6 @@ from typing import Any
 
 import click
 
-from smartpush_devhost import exit_codes
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread by SIGTERM."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
-
-
-def stop_on_signals() -> None:
-    """SIGTERM raises :class:`Terminated` in the main thread (Ctrl-C raises KeyboardInterrupt)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def interrupted_exit_code(exc: BaseException) -> int:
-    """130 for Ctrl-C, 143 for SIGTERM."""
-    return exit_codes.TERMINATED if isinstance(exc, Terminated) else exit_codes.INTERRUPTED
-
-
-def end_helpers(timeout: float = 5.0) -> None:
-    """Terminate (then kill) every process this one started that is still alive: the
-    sync's decoding helpers and their forkserver. Called after an interrupt."""
-    import psutil
-
-    me = psutil.Process()
-    children = [c for c in me.children(recursive=True) if not _is_resource_tracker(c)]
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=timeout)
-
-
-def _is_resource_tracker(proc) -> bool:
-    # multiprocessing's resource tracker ignores SIGTERM by design and exits by itself
-    # once this process has exited (end of its pipe), after releasing what helpers leaked
-    import psutil
-
-    try:
-        return any("resource_tracker" in part for part in proc.cmdline())
-    except psutil.Error:
-        return False
 
 
 def _figures(status: Any) -> tuple[str, int | None, int | None, str]:

@@ -270,6 +270,9 @@ def run_claimed(host: "DevHost", pm: "pluggy.PluginManager", c: Claim) -> JobRun
         with Heartbeat(host.storage, c):
             report = host.pm_call_sync(pm, c.store_id, c.integration, "incremental")
         outcome = report.outcome if report is not None else "no_plugin"
+        if outcome == "stopped":  # the host is shutting down: the job is due again at once
+            release(host.storage, c)
+            return JobRun(c.store_id, c.integration, outcome, report)
     except Exception as exc:
         log.error("sync %s/%s raised %s", c.store_id, c.integration, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
         outcome = "error"
@@ -299,6 +302,8 @@ def run_due(
     timeout = claim_timeout(host.settings)
     runs: list[JobRun] = []
     for job in due_jobs(host.storage, now, store):
+        if host.stop_requested.is_set():
+            break
         c = claim(host.storage, job, now, worker_id, timeout)
         if c is None:
             log.debug("job %s/%s taken by another worker", job.store_id, job.integration)
@@ -320,12 +325,13 @@ def run_loop(
     max_rounds: int | None = None,
     on_run: Callable[[JobRun], None] | None = None,
 ) -> int:
-    """Poll for due jobs every ``interval`` seconds until ``stop`` is set.
+    """Poll for due jobs every ``interval`` seconds until ``stop`` (default: the host's
+    ``stop_requested``) is set.
 
     Returns how many jobs ran. ``on_run`` is called after each job (CLI output);
     ``max_rounds`` bounds the loop (tests).
     """
-    stop = stop or threading.Event()
+    stop = stop or host.stop_requested
     worker_id = worker_id or default_worker_id()
     total = rounds = 0
     while not stop.is_set():

@@ -96,6 +96,10 @@ class SyncCancelled(KlaviyoPluginError):
     """The sync was asked to stop (uninstall, host shutdown, client cancelled)."""
 
 
+class SyncStopped(SyncCancelled):
+    """The host asked the run to stop (it is shutting down); the next run resumes."""
+
+
 class LeaseUnavailable(KlaviyoPluginError):
     """Another worker holds this store's sync lease."""
 

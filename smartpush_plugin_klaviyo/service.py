@@ -28,6 +28,7 @@ from smartpush_plugin_klaviyo.errors import (
     MissingScopeError,
     RevisionUnsupportedError,
     SyncCancelled,
+    SyncStopped,
 )
 from smartpush_plugin_klaviyo.ratelimit import account_budgets
 from smartpush_plugin_klaviyo.state import create_tables, integration_t, run_t, stream_t
@@ -162,6 +163,8 @@ def options_from_settings(settings) -> SyncOptions:
 def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> SyncReport:
     """Run one sync: checks installation, key, plan and the lease, then runs or resumes."""
     options = options or options_from_settings(ctx.settings or {})
+    if options.stop_event is None:
+        options.stop_event = ctx.stop_requested
     started = utcnow()
 
     def report(outcome: str, message: str) -> SyncReport:
@@ -202,6 +205,8 @@ def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> Syn
                 scopes = ", ".join(exc.scopes) or "a read scope"
                 status.pause(ctx, PauseReason.MISSING_SCOPE, f"The key is missing the scope(s): {scopes}")
                 return run.report("paused", started, False, f"Sync paused: the key is missing {scopes}.")
+            except SyncStopped as exc:
+                return run.report("stopped", started, False, str(exc))
             except SyncCancelled as exc:
                 return run.report("cancelled", started, False, str(exc))
             except Exception as exc:  # noqa: BLE001 - every other failure counts towards a pause

@@ -40,6 +40,7 @@ from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import (
     LeaseLost,
     SyncCancelled,
+    SyncStopped,
 )
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
 from smartpush_plugin_klaviyo.pagination import any_of, paginate
@@ -967,7 +968,7 @@ class SyncRun:
                     self._abort(SyncCancelled("the integration was cancelled"))
                     return
                 if self.options.stop_event is not None and self.options.stop_event.is_set():
-                    self._abort(SyncCancelled("the host asked the sync to stop"))
+                    self._abort(SyncStopped("the host asked the sync to stop; the next run resumes from its checkpoint"))
                     return
                 if time.monotonic() - last_renew > 15:
                     if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner):

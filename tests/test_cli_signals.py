@@ -159,3 +159,30 @@ def test_ctrl_c_in_the_scheduler_loop_during_a_first_sync_keeps_it_due_now(tmp_p
     done = json.loads(smartpush(env, "scheduler", "run", "--json").stdout.splitlines()[0])
     assert done["outcome"] == "completed"
     host.close()
+
+
+def test_the_first_signal_during_a_sync_only_asks_and_the_second_stops_at_once():
+    import os
+    import threading
+
+    from smartpush_devhost.signals import GracefulStop, Terminated
+
+    stopper = GracefulStop()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stopper.install()
+        event = threading.Event()
+        with stopper.asking(event):
+            os.kill(os.getpid(), signal.SIGTERM)  # handled before kill returns (main thread)
+            assert event.is_set() and stopper.signum == signal.SIGTERM
+            with pytest.raises(Terminated):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+        with pytest.raises(Terminated):
+            stopper.raise_if_signalled()
+        with pytest.raises(KeyboardInterrupt):  # outside a sync: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

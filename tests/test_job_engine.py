@@ -177,6 +177,11 @@ def _completed(host, store) -> int:
         ).scalar_one()
 
 
+def _contacts(host, store) -> int:
+    with host.storage.transaction(readonly=True) as tx:
+        return host.context(store).contacts.count(tx)
+
+
 def _engine_scenario(tmp_path, db_url, queue_url, n_stores, n_workers, kill):
     account = generate_account(profiles=120, seed=47)
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
@@ -271,4 +276,53 @@ def test_cancel_integration_stops_the_running_job_and_nothing_runs_again(tmp_pat
             out, err = worker.communicate(timeout=60)
         assert [r["outcome"] for r in _runs(out)] == ["cancelled"], err
         assert _completed(host, "shop") == 0
+        host.close()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signalled_worker_gives_its_running_job_back_and_another_worker_resumes_it(tmp_path, db_url, signum,
+                                                                                    code):
+    """SIGTERM/SIGINT mid-sync: the sync stops at its next checkpoint (not hours later, not
+    mid-write), the job is due again at once, and the next worker resumes the run."""
+    account = generate_account(profiles=1500, seed=49)
+    queue_url = f"sqlite:///{tmp_path / 'home' / 'queue.db'}"
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
+                       latency=0.1, rate_limits=False) as server:
+        env = {**cli_environment(tmp_path, db_url, server), "SMARTPUSH_QUEUE_URL": queue_url}
+        host = make_host(db_url, tmp_path, server, SMARTPUSH_QUEUE_URL=queue_url)
+        h = Harness(host=host, server=server, account=account, store="shop")
+        h.install_and_authorize(DEFAULT_API_KEY)
+        first = _worker(env)
+        try:
+            deadline = time.monotonic() + 60
+            while _contacts(host, "shop") < 100:  # mid-sync, with contacts written
+                assert time.monotonic() < deadline and first.poll() is None, "the sync never got going"
+                time.sleep(0.02)
+            signalled_at = time.monotonic()
+            first.send_signal(signum)
+            out, err = first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert first.returncode == code, err
+        assert time.monotonic() - signalled_at < 20, "the worker waited for the whole sync"
+        assert [r["outcome"] for r in _runs(out)] == ["stopped"], err
+        assert "Traceback" not in err
+        assert _job(host, "shop").next_run_at <= utcnow(), "the job is due again at once"
+        with host.storage.transaction(readonly=True) as tx:
+            assert tx.execute(select(lease_t).where(lease_t.c.store_id == "shop")).first() is None
+        assert h.status().extra["resumable_run"]
+        second = _worker(env)
+        try:
+            deadline = time.monotonic() + 120
+            while _completed(host, "shop") < 1:
+                assert time.monotonic() < deadline and second.poll() is None, "the job was not resumed"
+                time.sleep(0.2)
+        finally:
+            second.send_signal(signal.SIGINT)
+            out2, err2 = second.communicate(timeout=60)
+        (run,) = _runs(out2)
+        assert run["outcome"] == "completed" and run["resumed"], run
+        kids = [k for c in h.export() for k in c["klaviyo_ids"]]
+        assert len(kids) == len(set(kids))
         host.close()

@@ -279,7 +279,7 @@ def test_invalid_cursor_restarts_the_stream_from_its_watermark(db_url, tmp_path)
             time.sleep(0.02)
         stop.set()
         worker.join(timeout=30)
-        assert result["report"].outcome == "cancelled"
+        assert result["report"].outcome == "stopped"
         assert h.status().extra["resumable_run"]
         with host.storage.transaction() as tx:
             refused = tx.execute(
