@@ -394,6 +394,42 @@ class PageWriter:
             where.append(membership_t.c.seen_gen == self.gen)
         return tx.execute(select(func.count()).select_from(membership_t).where(and_(*where))).scalar_one()
 
+    # ------------------------------------------------------------ the id map
+    def mapped_count(self, tx) -> int:
+        """Klaviyo profiles mapped to a contact in this store."""
+        return tx.execute(
+            select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == self.store_id)
+        ).scalar_one()
+
+    def not_seen_in_run(self, tx, run_id: str, *, created_from: str | None = None,
+                        created_before: str | None = None, ranged: bool = False) -> list[str]:
+        """Mapped Klaviyo ids that no stream of run ``run_id`` returned; ``ranged``: only
+        those whose ``created`` lies in ``[created_from, created_before)`` (an open end is
+        unbounded; with no ``created_before``, those whose ``created`` is unknown too)."""
+        where = [
+            profile_map_t.c.store_id == self.store_id,
+            (profile_map_t.c.last_seen_run != run_id) | profile_map_t.c.last_seen_run.is_(None),
+        ]
+        if ranged:
+            created = profile_map_t.c.created
+            in_range = and_(
+                created >= created_from if created_from else created.is_not(None),
+                created < created_before if created_before else created.is_not(None),
+            )
+            if created_before is None:
+                in_range = in_range | created.is_(None)
+            where.append(in_range)
+        return list(tx.execute(select(profile_map_t.c.klaviyo_id).where(and_(*where))).scalars())
+
+    def unmap(self, tx, klaviyo_ids: Sequence[str]) -> None:
+        """Profiles Klaviyo no longer has (deleted, merged away): their memberships and id
+        mappings go, their contacts' Klaviyo tags are recomputed; the contacts stay."""
+        uids = self._uids_of(tx, klaviyo_ids)
+        for chunk in _chunks(list(klaviyo_ids)):
+            tx.execute(delete(membership_t).where(and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(chunk))))
+            tx.execute(delete(profile_map_t).where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(chunk))))
+        self.recompute_tags(tx, uids)
+
     def _uids_of(self, tx, klaviyo_ids: Sequence[str]) -> set[str]:
         uids: set[str] = set()
         for chunk in _chunks(list(klaviyo_ids)):
