@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import String, and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.fastsql import FastStatement, InListStatement, bind_value
-from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
+from hookspecs.interfaces import Contact, HostContext, normalize_email_key
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.state import (
     event_t,
@@ -206,7 +206,7 @@ class PageWriter:
                 if phone_taken:
                     draft.phone = None
                     draft.sms_subscription = None
-                pending[uid] = _as_contact(uid, draft)
+                pending[uid] = mapping.as_contact(uid, draft)
                 owned = {f for f in _STANDARD if getattr(draft, f)}
                 primary = True
                 counts["contacts_created"] += 1
@@ -238,7 +238,7 @@ class PageWriter:
         # Create new contacts, then resolve their temporary uids.
         if pending:
             temp_ids = list(pending)
-            new_uids = contacts.create_many(tx, [_as_new_contact(pending[t]) for t in temp_ids])
+            new_uids = contacts.create_many(tx, [mapping.as_new_contact(pending[t]) for t in temp_ids])
             real = dict(zip(temp_ids, new_uids, strict=True))
             for values in map_inserts + map_updates:
                 values["contact_uid"] = real.get(values["contact_uid"], values["contact_uid"])
@@ -546,31 +546,6 @@ _STANDARD = ("email", "phone", "name", "country")
 
 
 # Explicit fields rather than a dict of getattr()s: one of each per new contact.
-def _as_contact(uid: str, c: NewContact) -> Contact:
-    return Contact(
-        uid=uid,
-        email=c.email,
-        phone=c.phone,
-        name=c.name,
-        country=c.country,
-        email_subscription=c.email_subscription,
-        sms_subscription=c.sms_subscription,
-        properties=c.properties,
-    )
-
-
-def _as_new_contact(c: Contact) -> NewContact:
-    return NewContact(
-        email=c.email,
-        phone=c.phone,
-        name=c.name,
-        country=c.country,
-        email_subscription=c.email_subscription,
-        sms_subscription=c.sms_subscription,
-        properties=c.properties,
-    )
-
-
 def _first(uids: list[str] | None) -> str | None:
     return sorted(uids)[0] if uids else None
 
