@@ -66,11 +66,19 @@ def upgrade(engine: Engine) -> bool:
     return changed
 
 
+def _scratch() -> MetaData:
+    """Copies of the host tables to build DDL from: ``AddConstraint`` marks the constraint
+    it is given as not to be created inline, which must never happen to the real ones
+    (every later ``create_all`` in this process would leave it out)."""
+    scratch = MetaData()
+    for table in (stores_t, contacts_t, tags_t):
+        table.to_metadata(scratch)
+    return scratch
+
+
 def _rebuild_contacts_sqlite(engine: Engine) -> bool:
     dialect = engine.dialect
-    scratch = MetaData()
-    stores_t.to_metadata(scratch)  # the copy's foreign key needs its target to compile
-    new = contacts_t.to_metadata(scratch, name=f"{contacts_t.name}_new")
+    new = contacts_t.to_metadata(_scratch(), name=f"{contacts_t.name}_new")
     columns = ", ".join(c.name for c in contacts_t.columns)
     raw = engine.raw_connection()
     try:
@@ -111,7 +119,7 @@ def _swap_contact_key_postgres(engine: Engine) -> bool:
         pk = inspect(conn).get_pk_constraint(contacts_t.name)
         if pk["constrained_columns"] == CONTACT_KEY:  # another process did it meanwhile
             return False
-        fk = next(c for c in tags_t.foreign_key_constraints if c.name == _TAG_FK)
+        fk = next(c for c in _scratch().tables[tags_t.name].foreign_key_constraints if c.name == _TAG_FK)
         conn.execute(text(f"ALTER TABLE {tags_t.name} DROP CONSTRAINT IF EXISTS {_TAG_FK}"))
         conn.execute(text(f'ALTER TABLE {contacts_t.name} DROP CONSTRAINT "{pk["name"]}"'))
         conn.execute(text(f"ALTER TABLE {contacts_t.name} DROP CONSTRAINT IF EXISTS {_OLD_UNIQUE}"))
