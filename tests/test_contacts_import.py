@@ -147,6 +147,27 @@ def test_cli_import_exits_6_and_says_how_many_lines_were_skipped(tmp_path, db_ur
     assert export.returncode == 0 and len(export.stdout.splitlines()) == 1
 
 
+def test_cli_export_of_one_store_imports_into_another_with_the_same_uids(tmp_path, db_url):
+    smartpush = ["smartpush", "--home", str(tmp_path / "home"), "--db", db_url]
+
+    def run(store, *args):
+        out = subprocess.run([*smartpush, "--store", store, "contacts", *args], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"email": "a@example.com", "tags": ["t"]}, {"phone": "+447911123456"}, {"uid": "own", "email": "o@example.com"})))
+    run("shop-a", "import", str(src))
+    run("shop-a", "export", "-o", str(tmp_path / "a.jsonl"))
+    first = json.loads(run("shop-b", "import", "--json", str(tmp_path / "a.jsonl")))
+    second = json.loads(run("shop-b", "import", "--json", str(tmp_path / "a.jsonl")))
+    assert (first["created"], first["skipped"]) == (3, 0)
+    assert (second["created"], second["updated"], second["unchanged"]) == (0, 0, 3)
+    assert run("shop-b", "export") == (tmp_path / "a.jsonl").read_text()  # every uid, field and tag
+
+
 @pytest.fixture
 def host(tmp_path, db_url):
     h = DevHost(db_url, tmp_path / "home", env={})
