@@ -3,7 +3,10 @@ upgraded in place at the first start: contacts become ``(store_id, uid)``, nothi
 
 from __future__ import annotations
 
+import base64
 import os
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import Column, ForeignKeyConstraint, Index, MetaData, Table, UniqueConstraint, create_engine, inspect
@@ -13,7 +16,7 @@ from sqlalchemy.schema import CreateTable
 from hookspecs.interfaces import NewContact
 from smartpush_devhost import schema_upgrade
 from smartpush_devhost.contacts import _ROW_KEYS, SqlContactStore
-from smartpush_devhost.crypto import Keyring, MasterKey
+from smartpush_devhost.crypto import Keyring, MasterKey, load_keyring
 from smartpush_devhost.host import DevHost
 from smartpush_devhost.models import contacts_t, stores_t, tags_t, utcnow
 
@@ -98,3 +101,26 @@ def test_a_previous_database_is_upgraded_at_start_keeping_every_contact_and_tag(
     with again.storage.transaction() as tx:
         assert again.contacts(a).count(tx) == 1 and again.contacts(b).count(tx) == 2
     again.close()
+
+
+def test_processes_starting_together_on_a_previous_database_upgrade_it_once(tmp_path, db_url, store_ids):
+    (store,) = store_ids(1)
+    env = {"SMARTPUSH_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    keyring = load_keyring(tmp_path, env)
+    people = [(f"sp_{i:04d}", NewContact(email=f"p{i}@x.io", properties={"i": i}), [f"t{i % 3}"]) for i in range(300)]
+    _fill_previous(db_url, keyring, {store: people})
+    start = ("import sys; from smartpush_devhost.host import DevHost; "
+             "DevHost(sys.argv[1], sys.argv[2], env={'SMARTPUSH_MASTER_KEY': sys.argv[3]}).close()")
+    procs = [subprocess.Popen([sys.executable, "-c", start, db_url, str(tmp_path / f"home{i}"), env["SMARTPUSH_MASTER_KEY"]],
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    host = DevHost(db_url, tmp_path / "home", env=env)
+    assert inspect(host.storage.engine).get_pk_constraint("sp_contacts")["constrained_columns"] == ["store_id", "uid"]
+    contacts = host.contacts(store)
+    with host.storage.transaction() as tx:
+        got = contacts.get_many(tx, [uid for uid, _, _ in people])
+        assert [got[uid].properties["i"] for uid, _, _ in people] == list(range(300))
+        assert contacts.tag_counts(tx) == {"t0": 100, "t1": 100, "t2": 100}
+    host.close()
