@@ -17,14 +17,24 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Integer, String, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import LeaseLost, SyncCancelled
 from smartpush_plugin_klaviyo.state import group_t, integration_t, run_t, stream_t
 from smartpush_plugin_klaviyo.timeutil import utcnow
 
-__all__ = ["RunState"]
+__all__ = ["RunState", "cancel_unfinished"]
 
 _ADVANCE_STREAM = (
     # Built once: constructing this UPDATE for every page cost more than running it.
@@ -217,3 +227,13 @@ class RunState:
     # ---------------------------------------------------------------- private
     def _this_run(self, table):
         return and_(table.c.store_id == self.store_id, table.c.run_id == self.run_id)
+
+
+def cancel_unfinished(tx, store_id: str) -> None:
+    """Cancel Integration: the store's unfinished runs end as ``cancelled``, their streams go."""
+    tx.execute(delete(stream_t).where(stream_t.c.store_id == store_id))
+    tx.execute(
+        update(run_t)
+        .where(and_(run_t.c.store_id == store_id, run_t.c.finished_at.is_(None)))
+        .values(finished_at=utcnow(), outcome="cancelled")
+    )
