@@ -22,10 +22,10 @@ from datetime import datetime
 
 import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, daily_churn, generate_account
-from sqlalchemy import and_, create_engine, exists, func, or_, select
+from sqlalchemy import and_, create_engine, delete, exists, func, or_, select
 
 from hookspecs.interfaces import normalize_email_key
-from smartpush_devhost.models import contacts_t
+from smartpush_devhost.models import contacts_t, tags_t
 from smartpush_plugin_klaviyo.state import group_t, integration_t, lease_t, profile_map_t, run_t, stream_t
 from tests import expectations as exp
 from tests.harness import CLOCK_SCALE, cli_environment
@@ -308,7 +308,7 @@ def check_end_state(contacts: list[dict], account, gone: dict[str, dict]) -> Non
 
 # ---------------------------------------------------------------------------- the test
 def test_kills_in_every_phase_across_full_and_daily_runs_leave_no_duplicate_or_loss(tmp_path, db_url):
-    account = generate_account(profiles=4000, seed=29)
+    account = generate_account(profiles=3000, seed=29)
     rng = random.Random(29)
     gone: dict[str, dict] = {}
 
@@ -331,6 +331,19 @@ def test_kills_in_every_phase_across_full_and_daily_runs_leave_no_duplicate_or_l
         for p in after:
             gone[p["id"]] = p["attributes"]
             account.delete_profile(p["id"])
+
+    def platform_deletes_contacts(engine, n: int) -> None:
+        """The platform deletes contacts the sync made (one fed by two Klaviyo profiles):
+        the next runs that read their profiles make each again, once, with its ids."""
+        with engine.begin() as conn:
+            per_uid = conn.execute(
+                select(profile_map_t.c.contact_uid, func.count()).where(profile_map_t.c.store_id == STORE)
+                .group_by(profile_map_t.c.contact_uid).order_by(func.count().desc(), profile_map_t.c.contact_uid)
+            ).all()
+            uids = [per_uid[0][0]] + [uid for uid, _ in per_uid[-(n - 1):]]
+            assert per_uid[0][1] > 1
+            conn.execute(delete(tags_t).where(and_(tags_t.c.store_id == STORE, tags_t.c.contact_uid.in_(uids))))
+            conn.execute(delete(contacts_t).where(and_(contacts_t.c.store_id == STORE, contacts_t.c.uid.in_(uids))))
 
     kills: list[Kill] = []
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, latency=LATENCY,
@@ -360,6 +373,7 @@ def test_kills_in_every_phase_across_full_and_daily_runs_leave_no_duplicate_or_l
             sync(env)
             churn(updates=150, creates=40, deletes=25, merges=10, quiet_consent=20, joins=60, leaves=40)
             delete_in_next_sweep(engine, 5)
+            platform_deletes_contacts(engine, 5)
             # day 2: a daily run killed while reading profiles (window, suppressions,
             # sweep), resumed and killed in its deleted-profile check (the sweep's)
             step("profiles", full=False)
