@@ -118,6 +118,17 @@ class PageWriter:
             return
         kids = list(by_id)
         known = {row.klaviyo_id: row for row in _KNOWN.execute(tx, {"store": store, "kids": kids})}
+        loaded = contacts.get_many(tx, list({row.contact_uid for row in known.values()})) if known else {}
+        # A mapped contact the host no longer has (deleted on the platform): its profiles are
+        # matched again like new ones (by email, then phone, else a new contact) and their
+        # id mapping re-pointed. Recreating it under the stale mapping instead left the new
+        # contact without a Klaviyo id and made another one every run, all sharing an email.
+        stale = [kid for kid, row in known.items() if row.contact_uid not in loaded]
+        if stale:
+            _FORGET_MAP.execute(tx, {"store": store, "kids": stale})
+            for kid in stale:
+                del known[kid]
+            counts["contacts_recreated"] += len(stale)
         unmapped = [m for m in by_id.values() if m.klaviyo_id not in known]
         by_email = contacts.find_by_emails(tx, {m.email_key for m in unmapped if m.email_key}) if unmapped else {}
         by_phone = contacts.find_by_phones(tx, {m.phone for m in unmapped if m.phone}) if unmapped else {}
@@ -129,7 +140,9 @@ class PageWriter:
         if unmapped and candidate_uids:
             for uid, kid in _PRIMARY_OF_UIDS.execute(tx, {"store": store, "uids": list(candidate_uids)}):
                 mapped_owner.setdefault(uid, kid)
-        loaded = contacts.get_many(tx, list(candidate_uids)) if candidate_uids else {}
+        more = candidate_uids - loaded.keys()
+        if more:
+            loaded.update(contacts.get_many(tx, list(more)))
         originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
         for c in originals.values():
             c.properties = dict(c.properties)
@@ -198,7 +211,7 @@ class PageWriter:
                     counts["contacts_merged"] += 1
             target = None if created else (pending.get(uid) or loaded.get(uid))
             if target is None:
-                # A new contact, or a mapped contact the merchant deleted from the host: create it.
+                # A new contact (a mapped contact the host no longer has was unmapped above).
                 if not created:
                     counts["contacts_recreated"] += 1
                 uid = f"pending:{len(pending)}"
@@ -517,6 +530,7 @@ _KNOWN = InListStatement(
     "kids",
 )
 _UNSKIP = InListStatement(delete(skipped_t).where(_of_kids(skipped_t)), "kids")
+_FORGET_MAP = InListStatement(delete(profile_map_t).where(_of_kids(profile_map_t)), "kids")
 _STILL_SEEN = InListStatement(
     update(profile_map_t).where(_of_kids(profile_map_t)).values(last_seen_run=bindparam("run")), "kids"
 )
