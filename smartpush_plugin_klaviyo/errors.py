@@ -14,7 +14,6 @@
     │   ├── RevisionUnsupportedError 410, or a 400 refusing the ``revision`` header
     │   └── ForeignURLError          a ``links.next`` pointing outside the configured base URL
     ├── SyncCancelled                the sync was asked to stop (uninstall, host request)
-    ├── LeaseUnavailable             another worker holds the store's sync lease
     └── ConfigurationError           the plugin was asked for something it never does
 
 Every message is sanitized: it never contains the API key, email addresses or phone
@@ -40,7 +39,6 @@ __all__ = [
     "PaginationError",
     "RevisionUnsupportedError",
     "SyncCancelled",
-    "LeaseUnavailable",
     "ConfigurationError",
     "sanitize",
     "MAX_DETAIL_CHARS",
@@ -98,10 +96,6 @@ class SyncCancelled(KlaviyoPluginError):
 
 class SyncStopped(SyncCancelled):
     """The host asked the run to stop (it is shutting down); the next run resumes."""
-
-
-class LeaseUnavailable(KlaviyoPluginError):
-    """Another worker holds this store's sync lease."""
 
 
 class LeaseLost(SyncCancelled):
