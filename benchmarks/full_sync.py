@@ -597,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--map-processes", type=int, default=None,
                    help="host setting KLAVIYO_MAP_PROCESSES: helper processes for profile pages (0: none)")
     p.add_argument("--profile-windows", type=int, default=None, help="SyncOptions.profile_windows")
+    p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a host setting for the plugin, e.g. KLAVIYO_SPOOL_TO_DISK=1 (repeatable)")
     p.add_argument("--db", default=None, help="SQLAlchemy URL (default: a fresh SQLite file in a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--incremental-after", type=float, default=None, metavar="PERCENT",
@@ -641,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
             settings["KLAVIYO_RATE_LIMITS"] = "off"
         if args.map_processes is not None:
             settings["KLAVIYO_MAP_PROCESSES"] = str(args.map_processes)
+        for item in args.setting:  # --setting KLAVIYO_X=value: any host setting
+            name, _, value = item.partition("=")
+            settings[name] = value
         db_url = args.db or f"sqlite:///{tmp / 'bench.db'}"
         host = DevHost(database_url=db_url, data_dir=tmp / "home", settings=settings, env={})
         pm = get_plugin_manager()

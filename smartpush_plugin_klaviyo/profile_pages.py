@@ -220,8 +220,11 @@ class ProfilePageDecoder:
     by the first call, which waits for it). Call :meth:`close` when the run ends.
     """
 
-    def __init__(self, processes: int = 0, *, start_after: int = 2_000):
+    def __init__(self, processes: int = 0, *, start_after: int = 2_000, in_flight: int | None = None):
         self.processes = max(0, processes)
+        # Pages handed to the helpers and not mapped yet, at most: their bytes wait in this
+        # process, so a fetcher waits for a slot (mapping runs at CPU speed, memory stays flat).
+        self._slots = threading.BoundedSemaphore(in_flight or 4 * max(1, self.processes) + 4)
         self.start_after = max(0, start_after)
         self._seen = 0
         self.in_helpers = 0
@@ -243,16 +246,22 @@ class ProfilePageDecoder:
             shape = _page_shape(content)
             if shape is not None:  # else (a big integer, NaN, a broken resource): exactly, here
                 records, last, next_url = shape
+                self._slots.acquire()
                 try:
                     future = pool.submit(decode_profile_page, content)
                 except (BrokenProcessPool, RuntimeError):  # dead helper, or the run is closing
+                    self._slots.release()
                     self._give_up("the helper processes are gone")
                 else:
+                    future.add_done_callback(self._release)
                     return ProfilePage(None, last, next_url, records, future=future, content=content, decoder=self)
         page = decode_profile_page(content)
         with self._lock:
             self._seen += len(page.mapped)
         return page
+
+    def _release(self, _future) -> None:
+        self._slots.release()
 
     def count_in_helpers(self, profiles: int) -> None:
         with self._lock:

@@ -29,7 +29,7 @@ from smartpush_plugin_klaviyo.errors import (
     SyncCancelled,
     SyncStopped,
 )
-from smartpush_plugin_klaviyo.ratelimit import account_budgets
+from smartpush_plugin_klaviyo.ratelimit import ACCOUNT_MARGIN, account_budgets
 from smartpush_plugin_klaviyo.state import create_tables
 from smartpush_plugin_klaviyo.status import INTEGRATION, PLAN_FEATURE, SECRET_NAME
 from smartpush_plugin_klaviyo.sync import MAX_CONSECUTIVE_ERRORS, SyncOptions, SyncRun
@@ -64,13 +64,15 @@ def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
     ``KLAVIYO_BASE_URL`` (default Klaviyo), ``KLAVIYO_API_REVISION`` (default the tested
     :data:`~smartpush_plugin_klaviyo.client.REVISION`), and for stand-ins and tests
     ``KLAVIYO_TIME_SCALE`` (the stand-in's clock scale), ``KLAVIYO_RATE_LIMITS=off`` and
-    ``KLAVIYO_MAX_RETRIES``.
+    ``KLAVIYO_MAX_RETRIES``; ``KLAVIYO_RATE_MARGIN`` the share of each endpoint limit used
+    (default 0.95).
     """
     settings = ctx.settings or {}
     base_url = settings.get("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL
     scale = float(settings.get("KLAVIYO_TIME_SCALE") or 1.0)
     enabled = (settings.get("KLAVIYO_RATE_LIMITS") or "on").lower() not in ("off", "0", "false", "no")
-    budgets = account_budgets(base_url, api_key, time_scale=scale, enabled=enabled)
+    margin = min(1.0, max(0.1, float(settings.get("KLAVIYO_RATE_MARGIN") or ACCOUNT_MARGIN)))
+    budgets = account_budgets(base_url, api_key, time_scale=scale, enabled=enabled, margin=margin)
     retries = int(settings.get("KLAVIYO_MAX_RETRIES") or 8)
     revision = (settings.get("KLAVIYO_API_REVISION") or "").strip() or REVISION
     return KlaviyoClient(api_key, base_url=base_url, budgets=budgets, max_retries=retries, revision=revision)
@@ -132,6 +134,8 @@ _INT_SETTINGS = (  # host setting, SyncOptions field, smallest value allowed
     ("KLAVIYO_SMALL_GROUP_MEMBERS", "small_group_members", 0),
     ("KLAVIYO_COUNT_CHECKS_PER_RUN", "count_checks_per_run", 0),
     ("KLAVIYO_SWEEP_RUNS", "sweep_runs", 1),
+    ("KLAVIYO_SPOOL_MEMORY_PAGES", "spool_memory_pages", 1),
+    ("KLAVIYO_SPOOL_TO_DISK", "spool_to_disk", 0),
 )
 
 

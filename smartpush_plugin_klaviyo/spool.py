@@ -118,12 +118,16 @@ class _OnDisk:
 class Spool:
     """A FIFO of :data:`Message` that never blocks :meth:`put` on the reader.
 
-    :param memory_pages: page messages held in memory at most; later ones are spilled
-        to a temporary file (deleted on :meth:`close`, and by the OS if the process dies).
+    :param memory_pages: page messages held in memory at most.
+    :param spill: later pages are spilled to a temporary file (deleted on :meth:`close`,
+        and by the OS if the process dies); ``False``: :meth:`put` of a page waits while
+        the memory share is full (until ``stop`` is set: then it raises :class:`SpoolClosed`).
     """
 
-    def __init__(self, memory_pages: int = 64):
+    def __init__(self, memory_pages: int = 64, *, spill: bool = True, stop: threading.Event | None = None):
         self.memory_pages = max(1, memory_pages)
+        self.spill = spill
+        self._stop = stop
         self._items: collections.deque = collections.deque()
         self._in_memory = 0
         self._on_disk = 0
@@ -137,17 +141,33 @@ class Spool:
 
     def put(self, message: Message) -> None:
         """Queue ``message`` (never waits for the reader)."""
+        if isinstance(message, PageRead):
+            with self._cond:
+                if not self.spill:
+                    # the writer sets the pace: wait for room (control messages never wait)
+                    while self._in_memory >= self.memory_pages and not self._closed:
+                        if self._stop is not None and self._stop.is_set():
+                            raise SpoolClosed()
+                        self._cond.wait(0.2)
+                spill = self.spill and self._in_memory >= self.memory_pages
+            if spill:
+                # Pickled outside the lock (a pending profile page is mapped first), so
+                # neither the reader nor other fetchers wait for it. Order holds: a fetcher
+                # puts its own messages one after another.
+                data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+                with self._cond:
+                    if self._closed:
+                        raise SpoolClosed()
+                    self._items.append(self._write(data))
+                    self._cond.notify_all()
+                return
         with self._cond:
             if self._closed:
                 raise SpoolClosed()
-            if isinstance(message, PageRead) and (self._in_memory >= self.memory_pages or self._on_disk):
-                # Order is kept: once pages are on disk, later pages follow them there.
-                self._items.append(self._spill(message))
-            else:
-                if isinstance(message, PageRead):
-                    self._in_memory += 1
-                self._items.append(message)
-            self._cond.notify()
+            if isinstance(message, PageRead):
+                self._in_memory += 1
+            self._items.append(message)
+            self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The oldest message, waiting up to ``timeout`` seconds; ``None`` if none came."""
@@ -176,6 +196,7 @@ class Spool:
             self._items.clear()
             self._in_memory = self._on_disk = 0
             self._reset_file()
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Drop what is queued, delete the file; later puts raise :class:`SpoolClosed`."""
@@ -189,10 +210,9 @@ class Spool:
             self._cond.notify_all()
 
     # ----------------------------------------------------------- private
-    def _spill(self, message: PageRead) -> _OnDisk:
+    def _write(self, data: bytes) -> _OnDisk:
         if self._file is None:
             self._file = tempfile.TemporaryFile(prefix="smartpush-spool-")
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         os.pwrite(self._file.fileno(), data, self._write_at)
         ref = _OnDisk(self._write_at, len(data))
         self._write_at += len(data)
@@ -210,6 +230,7 @@ class Spool:
                 self._reset_file()  # nothing left on disk: reuse the file from its start
         elif isinstance(item, PageRead):
             self._in_memory -= 1
+            self._cond.notify_all()  # a fetcher may wait for room
         return item
 
     def _reset_file(self) -> None:

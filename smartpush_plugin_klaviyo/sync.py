@@ -110,8 +110,12 @@ class SyncOptions:
     per run sorted by ``created``: deleted and merged profiles are unmapped, and consent
     changes that did not move ``updated`` arrive, within this many runs."""
     spool_memory_pages: int = 64
-    """Pages held in memory between the fetchers and the writer; the fetchers never wait
-    for the writer: pages beyond these are spilled to a temporary file (see :mod:`.spool`)."""
+    """Pages held in memory between the fetchers and the writer (see :mod:`.spool`)."""
+    spool_to_disk: int = 0
+    """``1``: pages beyond ``spool_memory_pages`` are spilled to a temporary file and the
+    fetchers never wait for the writer; ``0``: a fetcher waits while the memory share is
+    full (the writer sets the pace; see the README's throughput notes for why this is
+    the default)."""
     map_processes: int | None = None
     """Helper processes that decode and map profile pages in a large run, so the writer
     has the interpreter to itself; ``None``: one fewer than the CPUs, at most two; ``0``:
@@ -181,7 +185,7 @@ class SyncRun:
         self.stop = threading.Event()
         self.finished = threading.Event()
         self.errors: list[BaseException] = []
-        self.spool = Spool(options.spool_memory_pages)
+        self.spool = Spool(options.spool_memory_pages, spill=bool(options.spool_to_disk), stop=self.stop)
         self.outstanding = 0
         self.outstanding_lock = threading.Lock()
         self.counters = RunCounters()

@@ -93,3 +93,28 @@ def test_a_pending_page_whose_helper_is_gone_is_mapped_here(profile_page_body):
     decoder = ProfilePageDecoder(0)
     page = ProfilePage(None, None, None, 100, future=cancelled, content=profile_page_body, decoder=decoder)
     assert page.mapped == decode_profile_page(profile_page_body).mapped
+
+
+def test_without_spilling_a_put_waits_for_room_and_a_stop_ends_the_wait():
+    stop = threading.Event()
+    spool = Spool(memory_pages=2, spill=False, stop=stop)
+    spool.put(_page(0))
+    spool.put(_page(1))
+    spool.put(GroupChecked("G"))  # control messages never wait
+    done = threading.Event()
+
+    def put_third():
+        spool.put(_page(2))
+        done.set()
+
+    threading.Thread(target=put_third, daemon=True).start()
+    assert not done.wait(0.3)  # the memory share is full: the fetcher waits
+    assert spool.get_nowait() == _page(0)
+    assert done.wait(5)  # room again: the page goes in, in order
+    assert [spool.get_nowait() for _ in range(3)] == [_page(1), GroupChecked("G"), _page(2)]
+    assert spool.spilled == 0
+    spool.put(_page(3))
+    spool.put(_page(4))
+    stop.set()
+    with pytest.raises(SpoolClosed):
+        spool.put(_page(5))
