@@ -2,12 +2,14 @@
 
 A run's fetchers read Klaviyo as fast as the rate budgets allow; the writer (the one
 serial stage) applies what they read in the order it was queued. The :class:`Spool`
-between them never makes a fetcher wait for the writer: up to ``memory_pages`` page
-messages are held in memory and the ones beyond are pickled to an unnamed temporary
-file and read back in turn. So a window's whole budget is spent as soon as it opens,
-even while the writer lags, and the writer catches up while the budgets wait; memory
-stays bounded whatever the lag. A crash loses only the spool: checkpoints move when the
-writer applies a page, so the next run fetches those pages again.
+between them holds up to ``memory_pages`` page messages in memory (control messages never
+wait). Beyond that, by default, a fetcher waits for room: the writer sets the pace and
+memory stays flat. With ``spill=True`` the pages beyond are pickled to an unnamed
+temporary file and read back in turn, so a fetcher never waits for the writer; measured
+slower on a 2-core machine (the work left when Klaviyo's last window opens is the
+writer's whatever arrived early, and pickling costs ~2 ms a page of the same CPU: see the
+README), it stays a setting (``KLAVIYO_SPOOL_TO_DISK``). A crash loses only the spool:
+checkpoints move when the writer applies a page, so the next run fetches those pages again.
 
 Messages (one class per kind, dispatched by type, never by a string):
 
@@ -48,7 +50,7 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class PageRead:
     """One page of ``stream``. ``profiles``: the page of a profile stream (its profiles
-    mapped, or skipped with a reason; maybe still being mapped by a helper process:
+    mapped, or skipped with a reason:
     :class:`~smartpush_plugin_klaviyo.profile_pages.ProfilePage`); ``member_ids``: the
     Klaviyo ids of a membership page."""
 
@@ -124,7 +126,7 @@ class Spool:
         the memory share is full (until ``stop`` is set: then it raises :class:`SpoolClosed`).
     """
 
-    def __init__(self, memory_pages: int = 64, *, spill: bool = True, stop: threading.Event | None = None):
+    def __init__(self, memory_pages: int = 64, *, spill: bool = False, stop: threading.Event | None = None):
         self.memory_pages = max(1, memory_pages)
         self.spill = spill
         self._stop = stop
@@ -151,8 +153,8 @@ class Spool:
                         self._cond.wait(0.2)
                 spill = self.spill and self._in_memory >= self.memory_pages
             if spill:
-                # Pickled outside the lock (a pending profile page is mapped first), so
-                # neither the reader nor other fetchers wait for it. Order holds: a fetcher
+                # Pickled outside the lock, so neither the reader nor other fetchers wait
+                # for it. Order holds: a fetcher
                 # puts its own messages one after another.
                 data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
                 with self._cond:

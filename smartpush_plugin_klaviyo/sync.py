@@ -477,7 +477,7 @@ class SyncRun:
     def _apply_page(self, tx, page: PageRead) -> None:
         stream = page.stream
         if page.profiles is not None:
-            self.writer.write_mapped(tx, page.profiles.mapped)  # waits for its helper if still mapping
+            self.writer.write_mapped(tx, page.profiles.mapped)
         else:
             self.writer.write_members(tx, stream["group_id"], page.member_ids)
         self.state.advance(tx, stream["key"], page.next_url, page.records, page.last)
@@ -606,8 +606,8 @@ class SyncRun:
             if self.stop.is_set():
                 raise _Stop()
             if decode is not None:
-                # The sweep's position is the last ``created`` it mapped (it needs the page
-                # mapped now); a profile window restarts from the last ``updated`` read.
+                # The sweep's position is the last ``created`` it mapped; a profile window
+                # restarts from the last ``updated`` read.
                 value = _last_created(page.mapped) if key == "sweep" else (page.last if key.startswith("profiles:") else None)
                 if value:
                     last["value"] = value

@@ -4,12 +4,11 @@ beyond its memory share to disk and reads them back in order."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 
 import pytest
 from klaviyo_standin import generate_account
 
-from smartpush_plugin_klaviyo.profile_pages import ProfilePage, ProfilePageDecoder, decode_profile_page
+from smartpush_plugin_klaviyo.profile_pages import decode_profile_page
 from smartpush_plugin_klaviyo.spool import (
     Barrier,
     GroupChecked,
@@ -35,7 +34,7 @@ def _page(i: int) -> PageRead:
 
 
 def test_pages_beyond_the_memory_share_go_to_disk_and_come_back_in_order():
-    spool = Spool(memory_pages=3)
+    spool = Spool(memory_pages=3, spill=True)
     barrier = Barrier(threading.Event())
     messages = [_page(0), _page(1), GroupChecked("G"), _page(2), _page(3), barrier, _page(4), StreamEnded(STREAM),
                 _page(5), TaskDone()]
@@ -53,7 +52,7 @@ def test_pages_beyond_the_memory_share_go_to_disk_and_come_back_in_order():
 
 
 def test_a_put_never_waits_for_the_reader_and_get_times_out_empty():
-    spool = Spool(memory_pages=1)
+    spool = Spool(memory_pages=1, spill=True)
     for i in range(500):
         spool.put(_page(i))  # nobody reads: a bounded queue would block here
     assert len(spool) == 500 and spool.spilled == 499 and spool.peak_spilled_bytes > 0
@@ -62,7 +61,7 @@ def test_a_put_never_waits_for_the_reader_and_get_times_out_empty():
 
 
 def test_clear_and_close():
-    spool = Spool(memory_pages=1)
+    spool = Spool(memory_pages=1, spill=True)
     for i in range(5):
         spool.put(_page(i))
     spool.clear()
@@ -73,26 +72,15 @@ def test_clear_and_close():
     assert spool.get(timeout=1) is None  # a closed spool wakes a waiting reader
 
 
-def test_a_pending_profile_page_is_mapped_before_it_is_spilled(profile_page_body):
-    with ProfilePageDecoder(1, start_after=0) as decoder:
-        page = decoder(profile_page_body)
-        assert isinstance(page, ProfilePage)
-        spool = Spool(memory_pages=1)
-        spool.put(PageRead({"key": "profiles:00", "kind": "profiles"}, page.next_url, profiles=page))
-        spool.put(PageRead({"key": "profiles:00", "kind": "profiles"}, page.next_url, profiles=page))
-        assert spool.spilled == 1
-        first, second = spool.get_nowait(), spool.get_nowait()
-    expected = decode_profile_page(profile_page_body)
-    assert first.profiles.mapped == expected.mapped and second.profiles.mapped == expected.mapped
-    assert second.profiles.records == 100 and second.records == 100
-
-
-def test_a_pending_page_whose_helper_is_gone_is_mapped_here(profile_page_body):
-    cancelled = Future()
-    cancelled.cancel()  # what a pool shut down before the helper started the page leaves
-    decoder = ProfilePageDecoder(0)
-    page = ProfilePage(None, None, None, 100, future=cancelled, content=profile_page_body, decoder=decoder)
-    assert page.mapped == decode_profile_page(profile_page_body).mapped
+def test_a_profile_page_is_spilled_and_read_back_whole(profile_page_body):
+    page = decode_profile_page(profile_page_body)
+    spool = Spool(memory_pages=1, spill=True)
+    for _ in range(2):
+        spool.put(PageRead({"key": "profiles:00", "kind": "profiles"}, page.next_url, profiles=page, last=page.last))
+    assert spool.spilled == 1
+    first, second = spool.get_nowait(), spool.get_nowait()
+    assert first.profiles is page  # held in memory: the very object
+    assert second.profiles == page and second.records == 100 and second.last == page.last
 
 
 def test_without_spilling_a_put_waits_for_room_and_a_stop_ends_the_wait():
