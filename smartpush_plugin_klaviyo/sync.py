@@ -116,6 +116,9 @@ class SyncOptions:
     """Profiles decoded in the fetch threads before the helper processes start (a small
     run never pays their start-up)."""
     lease_owner: str = field(default_factory=lease.new_owner_id)
+    lease_seconds: int = lease.DEFAULT_LEASE_SECONDS
+    """How long the store's lease lasts unrenewed (renewed every third of it): a worker
+    frozen this long loses the store to another one, and writes nothing after."""
     stop_event: threading.Event | None = None
     """Set by the host to stop a run early (the run stays resumable)."""
 
@@ -217,7 +220,7 @@ class SyncRun:
     # ------------------------------------------------------------------ entry
     def execute(self, requested_mode: str) -> SyncReport:
         started = utcnow()
-        with self.ctx.storage.transaction() as tx:
+        with self.ctx.storage.transaction(readonly=True) as tx:
             integ = tx.execute(select(integration_t).where(integration_t.c.store_id == self.store_id)).first()
         self.epoch = integ.epoch
         run, resumed = self._load_or_create_run(requested_mode, integ)
@@ -248,7 +251,7 @@ class SyncRun:
     # ----------------------------------------------------------- run records
     def _load_or_create_run(self, requested_mode: str, integ) -> tuple[dict, bool]:
         if integ.current_run_id:
-            with self.ctx.storage.transaction() as tx:
+            with self.ctx.storage.transaction(readonly=True) as tx:
                 row = tx.execute(
                     select(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == integ.current_run_id))
                 ).first()
@@ -340,7 +343,7 @@ class SyncRun:
 
     # ------------------------------------------------------------ streams
     def _run_streams(self) -> None:
-        with self.ctx.storage.transaction() as tx:
+        with self.ctx.storage.transaction(readonly=True) as tx:
             streams = [dict(r._mapping) for r in tx.execute(
                 select(stream_t).where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id))
             )]
@@ -841,7 +844,7 @@ class SyncRun:
     def _confirm_gone(self, where) -> None:
         """Mapped profiles matching ``where`` and not seen in this run are looked up by id
         (100 per request); those Klaviyo no longer has lose their id mapping and tags."""
-        with self.ctx.storage.transaction() as tx:
+        with self.ctx.storage.transaction(readonly=True) as tx:
             candidates = list(
                 tx.execute(
                     select(profile_map_t.c.klaviyo_id).where(
@@ -909,6 +912,13 @@ class SyncRun:
 
     # ------------------------------------------------------------ helpers
     def _check_epoch(self, tx) -> None:
+        # The lease first: on PostgreSQL it bounds how long this transaction may sit idle
+        # before it takes the integration row's lock (see lease.fence).
+        try:
+            lease.fence(tx, self.store_id, self.options.lease_owner)
+        except LeaseLost as exc:
+            self._abort(exc)
+            raise
         # FOR UPDATE (PostgreSQL): an uninstall either commits before this write or waits for it.
         row = tx.execute(
             select(integration_t.c.epoch, integration_t.c.installed)
@@ -919,11 +929,6 @@ class SyncRun:
             exc = SyncCancelled("the integration was cancelled")
             self._abort(exc)
             raise exc
-        try:
-            lease.fence(tx, self.store_id, self.options.lease_owner)
-        except LeaseLost as exc:
-            self._abort(exc)
-            raise
 
     def progress_record(self) -> dict:
         """Where this run is, as :class:`hookspecs.types.SyncProgress` fields."""
@@ -941,6 +946,7 @@ class SyncRun:
         self._progress_at = time.monotonic()
         record = dict(self.progress_record(), updated_at=utcnow().isoformat())
         with self.ctx.storage.transaction() as tx:
+            self._check_epoch(tx)
             tx.execute(
                 update(integration_t)
                 .where(and_(integration_t.c.store_id == self.store_id, integration_t.c.current_run_id == self.run_id))
@@ -970,8 +976,8 @@ class SyncRun:
                 if self.options.stop_event is not None and self.options.stop_event.is_set():
                     self._abort(SyncStopped("the host asked the sync to stop; the next run resumes from its checkpoint"))
                     return
-                if time.monotonic() - last_renew > 15:
-                    if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner):
+                if time.monotonic() - last_renew > lease.renew_interval(self.options.lease_seconds):
+                    if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner, self.options.lease_seconds):
                         self._abort(LeaseLost("this worker lost the sync lease to another worker"))
                         return
                     last_renew = time.monotonic()
