@@ -22,7 +22,7 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from smartpush_plugin_klaviyo.dbwait import bound_idle
+from smartpush_plugin_klaviyo.dbwait import end_frozen_transactions, mark_session
 from smartpush_plugin_klaviyo.errors import LeaseLost
 from smartpush_plugin_klaviyo.state import lease_t
 from smartpush_plugin_klaviyo.timeutil import to_utc, utcnow
@@ -116,6 +116,12 @@ def acquire(storage, store_id: str, owner: str, ttl: float | timedelta = LEASE_T
     """Take or renew the lease for ``ttl`` (seconds or a timedelta); ``False`` when another
     live owner holds it."""
     now, ttl = utcnow(), duration(ttl)
+    with storage.transaction(readonly=True) as tx:
+        row = tx.execute(select(lease_t.c.owner, lease_t.c.expires_at).where(lease_t.c.store_id == store_id)).first()
+    if row is not None and row.owner != owner and to_utc(row.expires_at) < now:
+        # Its holder let it expire: if it froze inside a write transaction, end that first
+        # (PostgreSQL), or the update below waits on its row lock.
+        end_frozen_transactions(storage, store_id, row.expires_at)
     with storage.transaction() as tx:
         held = tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == store_id)).scalar_one_or_none()
         takeover = held is not None and held != owner and _dead_local_owner(held)
@@ -141,7 +147,7 @@ def renew(storage, store_id: str, owner: str, ttl: float | timedelta = LEASE_TTL
     """Extend the lease by ``ttl``; ``False`` when it was lost (expired and taken by another)."""
     now, ttl = utcnow(), duration(ttl)
     with storage.transaction() as tx:
-        bound_idle(tx, ttl.total_seconds() * 1000)
+        mark_session(tx, store_id)  # frozen mid-renewal, it is ended like a frozen write
         result = tx.execute(
             update(lease_t)
             .where(and_(lease_t.c.store_id == store_id, lease_t.c.owner == owner))
@@ -163,13 +169,14 @@ def fence(tx, store_id: str, owner: str) -> None:
     cannot commit between this check and the commit; SQLite write transactions are already
     serialized (``BEGIN IMMEDIATE``).
 
-    On PostgreSQL the transaction may then sit idle at most until the lease expires
-    (:func:`~smartpush_plugin_klaviyo.dbwait.bound_idle`): a worker frozen inside it loses
-    its session, so its row locks never hold up the worker that takes the lease over.
+    On PostgreSQL the transaction's session is named after the store
+    (:func:`~smartpush_plugin_klaviyo.dbwait.mark_session`): should this worker freeze inside
+    it, the worker that takes the lease over ends it (:func:`acquire`) instead of waiting
+    on its row locks.
     """
+    mark_session(tx, store_id)
     held = tx.execute(
-        select(lease_t.c.owner, lease_t.c.expires_at).where(lease_t.c.store_id == store_id).with_for_update(read=True)
+        select(lease_t.c.owner).where(lease_t.c.store_id == store_id).with_for_update(read=True)
     ).first()
     if held is None or held.owner != owner:
         raise LeaseLost("this worker lost the sync lease to another worker; it writes nothing more")
-    bound_idle(tx, (to_utc(held.expires_at) - utcnow()).total_seconds() * 1000)

@@ -912,8 +912,8 @@ class SyncRun:
 
     # ------------------------------------------------------------ helpers
     def _check_epoch(self, tx) -> None:
-        # The lease first: on PostgreSQL it bounds how long this transaction may sit idle
-        # before it takes the integration row's lock (see lease.fence).
+        # The lease first: on PostgreSQL it names the session before this transaction takes
+        # a row lock, so a successor can end it should this worker freeze (see lease.fence).
         try:
             lease.fence(tx, self.store_id, self.options.lease_owner)
         except LeaseLost as exc:
