@@ -1,5 +1,5 @@
 """Bounded waits on the host database: which failures are a lock wait that ran out, and
-how long a worker's open transaction may sit idle.
+ending the transaction a frozen worker left open.
 
 The host bounds every lock wait (SQLite's busy timeout, PostgreSQL's ``lock_timeout``);
 past it the driver raises an ``OperationalError`` whose text depends on the database.
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime
+import time
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from smartpush_plugin_klaviyo.errors import DatabaseBusy
-from smartpush_plugin_klaviyo.timeutil import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -76,35 +75,46 @@ def mark_session(tx, store_id: str) -> None:
         tx.exec_driver_sql(f"SET LOCAL application_name = '{_session_name(store_id)}'")
 
 
-def end_frozen_transactions(storage, store_id: str, expired_at: datetime) -> int:
-    """PostgreSQL: end the sessions of ``store_id``'s fenced transactions that went idle
-    before the lease expired at ``expired_at`` and never came back: a worker frozen
-    (SIGSTOP, a paused VM) inside one still holds its row locks, and the next lease holder
-    would wait on them until ``lock_timeout``. Its transaction rolls back (it could not
-    commit anyway: its fence is another worker's now). Returns how many were ended; ``0``
-    on other databases or without the right to signal them (then the wait stays bounded
-    by ``lock_timeout``).
+END_ROUNDS = 5
+"""Rounds of :func:`end_frozen_transactions`: ending one transaction of a frozen worker can
+let another of its sessions (a renewal queued behind it) take the lock, and freeze holding it."""
 
-    Only sessions idle in a transaction, or stuck writing to a client that does not read
-    (``ClientWrite``), are ended: a live worker's transaction is never idle that long.
+
+def end_frozen_transactions(storage, store_id: str) -> int:
+    """PostgreSQL: end the sessions holding ``store_id``'s fenced transactions open while
+    idle. Called by a worker about to take over a lease its holder let *expire*: a holder
+    frozen (SIGSTOP, a paused VM) inside such a transaction still holds its row locks, and
+    the new holder would wait on them until ``lock_timeout``. The transaction rolls back;
+    its worker finds its lease lost. Returns how many were ended; ``0`` on other databases
+    or without the right to signal them (then the wait stays bounded by ``lock_timeout``).
+
+    Only the store's named sessions (:func:`mark_session`: the fenced transactions and
+    renewals of its lease holders, whose lease has expired) are ended, and only those idle
+    in a transaction, waiting for a lock, or stuck writing to a client that does not read;
+    a competing taker's session is not named.
     """
     if storage.engine.dialect.name != "postgresql":
         return 0
+    total = 0
     try:
         with storage.engine.connect() as conn:
-            ended = conn.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = :name "
-                    "AND state_change < :expired "
-                    "AND (state LIKE 'idle in transaction%' OR wait_event = 'ClientWrite')"
-                ),
-                {"name": _session_name(store_id), "expired": to_utc(expired_at)},
-            ).scalar_one()
-            conn.commit()
+            for _ in range(END_ROUNDS):
+                ended = conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND application_name = :name AND (state LIKE 'idle in transaction%' "
+                        "OR wait_event_type = 'Lock' OR wait_event = 'ClientWrite')"
+                    ),
+                    {"name": _session_name(store_id)},
+                ).scalar_one()
+                conn.commit()
+                if not ended:
+                    break
+                total += ended
+                time.sleep(0.1)  # let a session queued behind the ended ones move on
     except DBAPIError:
         log.warning("store %s: could not end a frozen worker's transaction", store_id, exc_info=True)
-        return 0
-    if ended:
-        log.warning("store %s: ended %d transaction(s) a frozen worker left open past its lease", store_id, ended)
-    return ended
+    if total:
+        log.warning("store %s: ended %d transaction(s) a frozen worker left open past its lease", store_id, total)
+    return total

@@ -121,7 +121,7 @@ def acquire(storage, store_id: str, owner: str, ttl: float | timedelta = LEASE_T
     if row is not None and row.owner != owner and to_utc(row.expires_at) < now:
         # Its holder let it expire: if it froze inside a write transaction, end that first
         # (PostgreSQL), or the update below waits on its row lock.
-        end_frozen_transactions(storage, store_id, row.expires_at)
+        end_frozen_transactions(storage, store_id)
     with storage.transaction() as tx:
         held = tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == store_id)).scalar_one_or_none()
         takeover = held is not None and held != owner and _dead_local_owner(held)

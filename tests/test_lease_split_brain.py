@@ -38,7 +38,8 @@ NO_FENCE = (
     # have nothing to catch.
     "import smartpush_plugin_klaviyo.lease as lease\n"
     "lease.fence = lambda tx, store_id, owner: lease.mark_session(tx, store_id)\n"
-    "lease.renew = lambda *args, **kwargs: True\n"
+    "renew = lease.renew\n"
+    "lease.renew = lambda *args, **kwargs: renew(*args, **kwargs) or True\n"
 )
 
 
