@@ -105,3 +105,32 @@ def test_lock_waits_are_bounded_on_postgresql(db_url, h, monkeypatch):
         assert time.monotonic() - started < 5
     frozen.engine.dispose()
     waiting.engine.dispose()
+
+
+def test_the_lease_duration_is_a_host_setting_renewed_every_third():
+    from smartpush_plugin_klaviyo.service import options_from_settings
+
+    assert options_from_settings({}).lease_seconds == 60
+    assert options_from_settings({"KLAVIYO_LEASE_SECONDS": "9"}).lease_seconds == 9
+    assert options_from_settings({"KLAVIYO_LEASE_SECONDS": "1"}).lease_seconds == lease.MIN_LEASE_SECONDS
+    assert lease.renew_interval(60) == 20 and lease.renew_interval(timedelta(seconds=9)) == 3
+
+
+def test_a_sync_takes_the_lease_for_the_configured_duration(h, monkeypatch):
+    from smartpush_plugin_klaviyo.timeutil import to_utc, utcnow
+
+    h.install_and_authorize(DEFAULT_API_KEY)
+    h.host.settings["KLAVIYO_LEASE_SECONDS"] = "7"
+    taken = []
+    real_acquire = lease.acquire
+
+    def acquire(storage, store_id, owner, ttl=lease.LEASE_TTL):
+        ok = real_acquire(storage, store_id, owner, ttl)
+        with storage.transaction(readonly=True) as tx:
+            taken.append(to_utc(tx.execute(select(lease_t.c.expires_at)).scalar_one()))
+        return ok
+
+    monkeypatch.setattr(lease, "acquire", acquire)
+    before = utcnow()
+    assert h.sync("full").outcome == "completed"
+    assert 6 <= (taken[0] - before).total_seconds() <= 8
