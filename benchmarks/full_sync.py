@@ -645,6 +645,10 @@ def main(argv: list[str] | None = None) -> int:
         host = DevHost(database_url=db_url, data_dir=tmp / "home", settings=settings, env={})
         pm = get_plugin_manager()
         ctx = host.context("bench")
+        # remember the account's rate budgets (made once per process, by the authorization's
+        # requests already), to read the server's window phase afterwards
+        budgets_seen: list = []
+        unwatch = watch_budgets(budgets_seen.append)
         pm.hook.smartpush_install(integration="klaviyo", host=ctx)
         auth = pm.hook.smartpush_authorize(integration="klaviyo", host=ctx, credentials=standin.api_key)
         if not auth or not auth.ok:
@@ -657,9 +661,6 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         helpers0 = helpers_cpu_seconds(exclude)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        # remember the sync's rate budgets, to read the server's window phase afterwards
-        budgets_seen: list = []
-        unwatch = watch_budgets(budgets_seen.append)
         t0_monotonic = time.monotonic()
         t0 = time.perf_counter()
         try:

@@ -101,6 +101,11 @@ class ContactStore(Protocol):
 
     Lookups by email or phone work on keyed blind indexes: the host never needs to
     decrypt the table to find a contact.
+
+    A uid names a contact within its store only: another store may hold the same uid
+    (a store's export imports into another keeping its uids), so a plugin keys what
+    it keeps about contacts by ``(store_id, uid)``. Every method sees this store's
+    contacts only; a uid of another store is simply not found here.
     """
 
     def get_many(self, tx: Tx, uids: Sequence[str]) -> dict[str, Contact]:

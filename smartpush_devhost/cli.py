@@ -21,6 +21,7 @@ import pluggy
 import hookspecs
 from smartpush_devhost import exit_codes
 from smartpush_devhost.crypto import CryptoError
+from smartpush_devhost.schema_upgrade import SchemaUpgradeError
 from smartpush_devhost.formatting import format_report, format_status
 from smartpush_devhost.host import DEFAULT_STORE, ENV_DATABASE_URL, ENV_HOME, DevHost
 from smartpush_devhost import cli_serve
@@ -86,7 +87,7 @@ class SmartPushGroup(click.Group):
                 log.debug("failure while stopping", exc_info=True)
                 raise interrupt from None
             log.debug("command failed", exc_info=True)
-            if isinstance(exc, (CryptoError, ValueError, LookupError, PermissionError)):
+            if isinstance(exc, (CryptoError, SchemaUpgradeError, ValueError, LookupError, PermissionError)):
                 raise CliError(f"{exc}") from None
             raise CliError(f"unexpected {type(exc).__name__} (run with -v for details)") from None
 

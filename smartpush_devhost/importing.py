@@ -5,9 +5,10 @@
   against the store's contacts and the lines before it; a match is merged into
   (given fields replace, properties are merged key by key, tags are added), else a
   contact is created. A second import of the same file therefore changes nothing.
-- A ``uid`` that belongs to another store is not reused (uids identify a contact
-  across the host): the line is matched or created like one without a uid, so an
-  export of one store imports into another.
+- Uids are unique per store, not across stores (a contact is ``(store_id, uid)``):
+  a line matched to no contact is created with its own ``uid`` when it has one, so
+  an export of one store imports into another keeping every uid. A uid of another
+  store means nothing here: it is never looked up outside this store.
 - A bad line (not UTF-8, not JSON, nested deeper than :data:`MAX_DEPTH`, a number
   that is not finite or does not fit 64 bits, an invalid field) is skipped with its
   line number and reason; the rest is imported. Only values that the store's JSON
@@ -25,7 +26,6 @@ from typing import Any
 import orjson
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
@@ -195,7 +195,6 @@ class _Batch:
         tx, contacts = self.tx, self.contacts
         given = [ln.uid for ln in lines if ln.uid]
         mine = set(contacts.existing(tx, given)) if given else set()
-        elsewhere = _uids_elsewhere(tx, [u for u in given if u not in mine])
         by_email = contacts.find_by_emails(tx, {ln.contact.email for ln in lines if ln.contact.email})
         by_phone = contacts.find_by_phones(tx, {ln.contact.phone for ln in lines if ln.contact.phone})
         email_uid = {normalize_email_key(e): uids[0] for e, uids in by_email.items() if uids}
@@ -209,13 +208,14 @@ class _Batch:
             ekey = normalize_email_key(c.email) if c.email else None
             by_e = email_uid.get(ekey) if ekey else None
             by_p = phone_uid.get(c.phone) if c.phone else None
-            target = ln.uid if ln.uid in mine else (by_e or by_p)
+            # a uid of this store, or one an earlier line of this batch created: as if
+            # that line had been committed in an earlier batch
+            target = ln.uid if ln.uid in current else (by_e or by_p)
             if (by_e and by_e != target) or (by_p and by_p != target):
                 self.result.skipped.append((ln.lineno, "its email or phone belongs to another contact"))
                 continue
             if target is None:
-                uid = ln.uid if ln.uid and ln.uid not in elsewhere and ln.uid not in current else None
-                target = uid or new_uids(1)[0]
+                target = ln.uid or new_uids(1)[0]
                 current[target] = Contact(uid=target, **{k: v for k, v in vars(c).items()})
                 created.append(target)
             else:
@@ -287,12 +287,3 @@ def import_contacts(storage: SqlStorage, contacts: SqlContactStore, lines: Itera
     flush()
     return result
 
-
-def _uids_elsewhere(tx: Tx, uids: list[str]) -> set[str]:
-    """Which of ``uids`` exist in any store (a contact uid is unique across the host)."""
-    from smartpush_devhost.models import contacts_t
-
-    found: set[str] = set()
-    for start in range(0, len(uids), CHUNK):
-        found.update(tx.execute(select(contacts_t.c.uid).where(contacts_t.c.uid.in_(uids[start:start + CHUNK]))).scalars())
-    return found

@@ -21,7 +21,6 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -73,9 +72,10 @@ class SpContact(SQLModel, table=True):
 
     __tablename__ = "sp_contacts"
     __table_args__ = (
-        # (store_id, uid) is the target of the tag FK: a tag row can only point at a
-        # contact of its own store, so isolation holds even against a buggy caller.
-        UniqueConstraint("store_id", "uid", name="uq_sp_contacts_store_uid"),
+        # A contact is (store_id, uid): uids are unique per store, not across stores, so
+        # one store's export imports into another keeping its uids. The primary key is
+        # the target of the tag FK: a tag row can only point at a contact of its own
+        # store, so isolation holds even against a buggy caller.
         Index("ix_sp_contacts_email", "store_id", "email_bidx"),
         Index("ix_sp_contacts_phone", "store_id", "phone_bidx"),
         ForeignKeyConstraint(["store_id"], ["sp_stores.store_id"], name="fk_sp_contacts_store"),
@@ -86,8 +86,8 @@ class SpContact(SQLModel, table=True):
         # for rows under ~1/20 of a page).
     )
 
+    store_id: str = Field(primary_key=True, max_length=200)
     uid: str = Field(primary_key=True, max_length=64)
-    store_id: str = Field(max_length=200)
     key_id: str = Field(max_length=16)
     email_bidx: Optional[str] = Field(default=None, max_length=64)
     phone_bidx: Optional[str] = Field(default=None, max_length=64)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import and_, bindparam, func, select, tuple_, update
 
 from smartpush_devhost.contacts import contact_aad, email_index_value, phone_index_value
 from smartpush_devhost.crypto import (
@@ -73,7 +73,13 @@ def reencrypt_contacts(storage: SqlStorage, keyring: Keyring, batch_size: int = 
     done = 0
     stmt = (
         update(contacts_t)
-        .where(and_(contacts_t.c.uid == bindparam("b_uid"), contacts_t.c.key_id == bindparam("b_old")))
+        .where(
+            and_(
+                contacts_t.c.store_id == bindparam("b_store"),
+                contacts_t.c.uid == bindparam("b_uid"),
+                contacts_t.c.key_id == bindparam("b_old"),
+            )
+        )
         .values(
             key_id=active,
             data=bindparam("b_data"),
@@ -81,13 +87,13 @@ def reencrypt_contacts(storage: SqlStorage, keyring: Keyring, batch_size: int = 
             phone_bidx=bindparam("b_phone"),
         )
     )
-    after = ""
+    after = ("", "")  # (store_id, uid): a contact's identity; the same uid may live in two stores
     while True:
         with storage.transaction() as tx:
             rows = tx.execute(
                 select(contacts_t.c.uid, contacts_t.c.store_id, contacts_t.c.key_id, contacts_t.c.data)
-                .where(and_(contacts_t.c.key_id != active, contacts_t.c.uid > after))
-                .order_by(contacts_t.c.uid)
+                .where(and_(contacts_t.c.key_id != active, tuple_(contacts_t.c.store_id, contacts_t.c.uid) > after))
+                .order_by(contacts_t.c.store_id, contacts_t.c.uid)
                 .limit(batch_size)
             ).all()
             if not rows:
@@ -100,6 +106,7 @@ def reencrypt_contacts(storage: SqlStorage, keyring: Keyring, batch_size: int = 
                 ev, pv = email_index_value(payload.get("e")), phone_index_value(payload.get("p"))
                 params.append(
                     {
+                        "b_store": row.store_id,
                         "b_uid": row.uid,
                         "b_old": row.key_id,
                         "b_data": keyring.encrypt(plaintext, aad),
@@ -109,7 +116,7 @@ def reencrypt_contacts(storage: SqlStorage, keyring: Keyring, batch_size: int = 
                 )
             tx.execute(stmt, params)
             done += len(rows)
-            after = rows[-1].uid  # keyset pagination: a row failing to move can't loop forever
+            after = (rows[-1].store_id, rows[-1].uid)  # keyset pagination: a row failing to move can't loop forever
         log.info("re-encrypted %d contacts", done)
 
 

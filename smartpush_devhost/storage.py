@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from smartpush_devhost import schema_upgrade
 from smartpush_devhost.models import HOST_TABLES
 from sqlmodel import SQLModel
 
@@ -147,7 +148,9 @@ class SqlStorage:
             conn.close()
 
     def create_all(self) -> None:
-        """Create the host tables if they do not exist (idempotent, safe concurrently)."""
+        """Create the host tables if they do not exist and upgrade the ones an older
+        version created (:mod:`smartpush_devhost.schema_upgrade`); idempotent, safe
+        concurrently."""
         # checkfirst + IF NOT EXISTS races are harmless on SQLite under BEGIN IMMEDIATE;
         # on PostgreSQL a concurrent creator may win, so retry once.
         try:
@@ -155,6 +158,7 @@ class SqlStorage:
         except Exception:  # pragma: no cover - rare race between processes
             log.debug("create_all raced with another process; retrying")
             SQLModel.metadata.create_all(self.engine, tables=HOST_TABLES)
+        schema_upgrade.upgrade(self.engine)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -16,7 +16,6 @@
     ├── SyncCancelled                the sync was asked to stop (uninstall, host request)
     │   ├── SyncStopped              the host is shutting down; the next run resumes
     │   └── LeaseLost                this worker's lease expired and another worker took it
-    ├── LeaseUnavailable             another worker holds the store's sync lease
     ├── DatabaseBusy                 a lock wait ran past the database's bound (transient)
     └── ConfigurationError           the plugin was asked for something it never does
 
@@ -43,7 +42,6 @@ __all__ = [
     "PaginationError",
     "RevisionUnsupportedError",
     "SyncCancelled",
-    "LeaseUnavailable",
     "LeaseLost",
     "DatabaseBusy",
     "ConfigurationError",
@@ -103,10 +101,6 @@ class SyncCancelled(KlaviyoPluginError):
 
 class SyncStopped(SyncCancelled):
     """The host asked the run to stop (it is shutting down); the next run resumes."""
-
-
-class LeaseUnavailable(KlaviyoPluginError):
-    """Another worker holds this store's sync lease."""
 
 
 class LeaseLost(SyncCancelled):

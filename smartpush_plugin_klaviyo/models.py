@@ -1,10 +1,9 @@
-"""Pydantic models of the Klaviyo resources the plugin reads (revision 2026-07-15).
+"""Pydantic models of the Klaviyo groups (lists, segments) the plugin reads (revision 2026-07-15).
 
 Data in the wild is not well-formed: every field is optional and nullable, a value of
 the wrong type becomes ``None`` instead of failing the whole resource, and unknown extra
-attributes are kept (``extra="allow"``). The profile hot path (:func:`mapping.map_profile`)
-works on the raw dict for speed; these models are for everything else (groups, tooling,
-tests) and document the shape.
+attributes are kept (``extra="allow"``). Profiles have no model: the profile hot path
+(:func:`mapping.map_profile`) works on the raw dict for speed.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic import BaseModel, ConfigDict, ValidationError, WrapValidator
 
 from smartpush_plugin_klaviyo.timeutil import parse_timestamp
 
@@ -55,123 +54,6 @@ class _Lenient(BaseModel):
         return f"{type(self).__name__}(<{len(self.model_fields_set)} fields set>)"
 
     __str__ = __repr__
-
-
-class ProfileLocation(_Lenient):
-    address1: Lenient[str] = None
-    address2: Lenient[str] = None
-    city: Lenient[str] = None
-    country: Lenient[str] = None
-    latitude: Lenient[str | float] = None
-    longitude: Lenient[str | float] = None
-    region: Lenient[str] = None
-    zip: Lenient[str] = None
-    timezone: Lenient[str] = None
-    ip: Lenient[str] = None
-
-
-class EmailMarketingSuppression(_Lenient):
-    reason: Lenient[str] = None
-    timestamp: Lenient[str] = None
-
-
-class EmailMarketingListSuppression(_Lenient):
-    list_id: Lenient[str] = None
-    reason: Lenient[str] = None
-    timestamp: Lenient[str] = None
-
-
-class EmailMarketing(_Lenient):
-    can_receive_email_marketing: Lenient[bool] = None
-    consent: Lenient[str] = None
-    consent_timestamp: Lenient[str] = None
-    last_updated: Lenient[str] = None
-    method: Lenient[str] = None
-    method_detail: Lenient[str] = None
-    custom_method_detail: Lenient[str] = None
-    double_optin: Lenient[bool] = None
-    suppression: Lenient[list[EmailMarketingSuppression]] = None
-    list_suppressions: Lenient[list[EmailMarketingListSuppression]] = None
-
-
-class EmailChannel(_Lenient):
-    marketing: Lenient[EmailMarketing] = None
-    open_tracking: Lenient[dict[str, Any]] = None
-
-
-class SMSMarketing(_Lenient):
-    can_receive_sms_marketing: Lenient[bool] = None
-    consent: Lenient[str] = None
-    consent_timestamp: Lenient[str] = None
-    method: Lenient[str] = None
-    method_detail: Lenient[str] = None
-    last_updated: Lenient[str] = None
-
-
-class SMSTransactional(_Lenient):
-    can_receive_sms_transactional: Lenient[bool] = None
-    consent: Lenient[str] = None
-    consent_timestamp: Lenient[str] = None
-    method: Lenient[str] = None
-    method_detail: Lenient[str] = None
-    last_updated: Lenient[str] = None
-
-
-class SMSChannel(_Lenient):
-    marketing: Lenient[SMSMarketing] = None
-    transactional: Lenient[SMSTransactional] = None
-
-
-class Subscriptions(_Lenient):
-    email: Lenient[EmailChannel] = None
-    sms: Lenient[SMSChannel] = None
-    mobile_push: Lenient[dict[str, Any]] = None
-    whatsapp: Lenient[dict[str, Any]] = None
-
-
-class ProfileAttributes(_Lenient):
-    email: Lenient[str] = None
-    phone_number: Lenient[str] = None
-    external_id: Lenient[str] = None
-    first_name: Lenient[str] = None
-    last_name: Lenient[str] = None
-    organization: Lenient[str] = None
-    locale: Lenient[str] = None
-    title: Lenient[str] = None
-    image: Lenient[str] = None
-    created: LenientDatetime = None
-    updated: LenientDatetime = None
-    last_event_date: LenientDatetime = None
-    location: Lenient[ProfileLocation] = None
-    properties: Lenient[dict[str, Any]] = None
-    subscriptions: Lenient[Subscriptions] = None
-    predictive_analytics: Lenient[dict[str, Any]] = None
-
-
-class KlaviyoProfile(_Lenient):
-    """A profile resource (``GET /api/profiles`` item, with ``additional-fields[profile]=subscriptions``)."""
-
-    type: Lenient[str] = None
-    id: Lenient[str] = None
-    attributes: ProfileAttributes = Field(default_factory=ProfileAttributes)
-
-    def __repr__(self) -> str:  # never leak PII
-        return f"KlaviyoProfile(id={self.id!r})"
-
-    __str__ = __repr__
-
-
-def parse_profile(resource: Any) -> KlaviyoProfile | None:
-    """A profile resource as a model; ``None`` when it is not an object at all."""
-    if not isinstance(resource, dict):
-        return None
-    data = dict(resource)
-    if not isinstance(data.get("attributes"), dict):
-        data["attributes"] = {}
-    try:
-        return KlaviyoProfile.model_validate(data)
-    except ValidationError:
-        return None
 
 
 class KlaviyoGroup(_Lenient):

@@ -3,9 +3,12 @@
 Decoding a page (JSON) and mapping its profiles (:func:`mapping.map_profile`) are pure
 and are most of a full sync's CPU besides the writes. In one process they share the
 interpreter lock with the writer, the one serial stage of a run, so a large run hands
-them to a small pool of processes: the fetch thread passes the response bytes and gets
-back the mapped page (a pickled page of mapped profiles costs a few µs per profile to
-receive, against ~100 µs to decode and map it).
+them to a small pool of processes: the fetch thread reads the page's shape and ``links.next``
+(orjson, a few µs per profile), hands the response bytes to a helper and goes on to the
+next request at once; the page it returns is *pending* until its consumer (the writer)
+asks for the mapped profiles (a pickled page of mapped profiles costs a few µs per
+profile to receive, against ~100 µs to decode and map it). So a chain of requests never
+waits for the CPU work of its pages: fetching runs at the rate limit, mapping at CPU speed.
 
 Small runs never start a pool (it costs up to a second): :class:`ProfilePageDecoder`
 decodes in the calling thread until ``start_after`` profiles were seen, and falls back
@@ -21,7 +24,9 @@ import signal
 import threading
 from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from concurrent.futures import Future
+
+import orjson
 
 from smartpush_plugin_klaviyo.jsondecode import loads, resource_id, split_collection
 
@@ -32,16 +37,61 @@ log = logging.getLogger(__name__)
 __all__ = ["ProfilePage", "ProfilePageDecoder", "decode_profile_page", "default_processes", "last_updated"]
 
 
-@dataclass(slots=True)
 class ProfilePage:
-    """One decoded and mapped page of profiles."""
+    """One decoded page of profiles, mapped now or (pending) in a helper process.
 
-    mapped: list[MappedProfile | Skip]
-    """One result per resource of ``data``, in order."""
-    last: str | None
-    """The ``updated`` of the page's last resource that has one (the stream's watermark)."""
-    next_url: str | None
-    """``links.next``: the next page, ``None`` at the end."""
+    ``last``: the ``updated`` of the page's last resource that has one (the stream's
+    watermark); ``next_url``: ``links.next`` (``None`` at the end); ``records``: the
+    resources on the page; :attr:`mapped`: one result per resource, in order (waits for
+    the helper when the page is pending). Pickling a page resolves it first.
+    """
+
+    __slots__ = ("_mapped", "last", "next_url", "records", "_future", "_content", "_decoder")
+
+    def __init__(self, mapped: list | None, last: str | None, next_url: str | None, records: int | None = None,
+                 *, future: Future | None = None, content: bytes | None = None, decoder=None):
+        self._mapped = mapped
+        self.last = last
+        self.next_url = next_url
+        self.records = len(mapped) if records is None and mapped is not None else (records or 0)
+        self._future = future
+        self._content = content
+        self._decoder = decoder
+
+    @property
+    def ready(self) -> bool:
+        """Whether :attr:`mapped` is at hand (never pending, or its helper finished)."""
+        return self._mapped is not None or (self._future is not None and self._future.done())
+
+    @property
+    def mapped(self) -> list[MappedProfile | Skip]:
+        if self._mapped is None:
+            page = None
+            try:
+                page = self._future.result()
+            except (BrokenProcessPool, CancelledError, RuntimeError) as exc:
+                # the helper died or the pool closed: map the page here (same result)
+                self._decoder._give_up(f"a helper could not finish a page ({type(exc).__name__})")
+            if page is None:
+                page = decode_profile_page(self._content)
+            else:
+                self._decoder.count_in_helpers(len(page.mapped))
+            self._mapped, self._future, self._content = page.mapped, None, None
+        return self._mapped
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProfilePage):
+            return NotImplemented
+        return (self.mapped, self.last, self.next_url, self.records) == (other.mapped, other.last, other.next_url,
+                                                                         other.records)
+
+    __hash__ = None  # mutable (resolves in place)
+
+    def __reduce__(self):
+        return (ProfilePage, (self.mapped, self.last, self.next_url, self.records))
+
+    def __repr__(self) -> str:
+        return f"ProfilePage(records={self.records}, ready={self.ready}, next={'yes' if self.next_url else 'no'})"
 
 
 def last_updated(data: list) -> str | None:
@@ -86,6 +136,31 @@ def decode_profile_page(content: bytes) -> ProfilePage:
     if next_url is not None and not isinstance(next_url, str):
         raise ValueError("response links.next is not a string")
     return ProfilePage([map_profile(r) for r in data], last_updated(data), next_url)
+
+
+def _page_shape(content: bytes) -> tuple[int, str | None, str | None] | None:
+    """``(records, last updated, links.next)`` of a page, read fast (orjson) so the fetch
+    chain can go on while a helper decodes it exactly and maps it; ``None`` when orjson
+    cannot read it (the exact decoder decides). A body that is not a JSON:API collection
+    raises :class:`ValueError`, as :func:`decode_profile_page` would (the client retries)."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        raise ValueError("response is not a JSON:API document")
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise ValueError("response has no data list" if data is None else "response data is not a list")
+    links = body.get("links")
+    if links is None:
+        links = {}
+    elif not isinstance(links, dict):
+        raise ValueError("response links is not an object")
+    next_url = links.get("next")
+    if next_url is not None and not isinstance(next_url, str):
+        raise ValueError("response links.next is not a string")
+    return len(data), last_updated(data), next_url
 
 
 def _decode_items(body: dict, raw_items: list[bytes]) -> ProfilePage:
@@ -165,19 +240,23 @@ class ProfilePageDecoder:
     def __call__(self, content: bytes) -> ProfilePage:
         pool = self._pool_for_next_page()
         if pool is not None:
-            try:
-                page = pool.submit(decode_profile_page, content).result()
-                with self._lock:
-                    self.in_helpers += len(page.mapped)
-                return page
-            except BrokenProcessPool:
-                self._give_up("a helper process ended unexpectedly")
-            except (RuntimeError, CancelledError):  # the run is closing: finish the page here
-                pass
+            shape = _page_shape(content)
+            if shape is not None:  # else (a big integer, NaN, a broken resource): exactly, here
+                records, last, next_url = shape
+                try:
+                    future = pool.submit(decode_profile_page, content)
+                except (BrokenProcessPool, RuntimeError):  # dead helper, or the run is closing
+                    self._give_up("the helper processes are gone")
+                else:
+                    return ProfilePage(None, last, next_url, records, future=future, content=content, decoder=self)
         page = decode_profile_page(content)
         with self._lock:
             self._seen += len(page.mapped)
         return page
+
+    def count_in_helpers(self, profiles: int) -> None:
+        with self._lock:
+            self.in_helpers += profiles
 
     def _pool_for_next_page(self) -> ProcessPoolExecutor | None:
         if self._failed or self._closed:

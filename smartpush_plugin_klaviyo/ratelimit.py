@@ -317,13 +317,6 @@ class RateBudget:
             self.waited += wait
             self._pause(wait, cancel)
 
-    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
-        """Block until a slot is free and take it (:meth:`acquire_ticket` without the ticket).
-
-        :returns: ``True`` once a slot was taken, ``False`` after ``timeout`` seconds.
-        """
-        return self.acquire_ticket(timeout, cancel) is not None
-
     def observe(self, headers: Mapping[str, str], ticket: int | None = None) -> None:
         """Follow a response's ``RateLimit-*`` headers (Klaviyo reports the steady window).
 
@@ -399,11 +392,6 @@ class RateBudget:
             self._blocked_until = max(self._blocked_until, now + wait)
             self._penalty_until = max(self._penalty_until, now + self.steady_window)
             self.penalties += 1
-
-    def blocked_for(self) -> float:
-        """Seconds until the endpoint may be used again (0 when a slot is free)."""
-        with self._lock:
-            return max(0.0, self._wait(self._clock()))
 
     def __repr__(self) -> str:
         return f"RateBudget({self.name!r}, burst={self.limit.burst}/s, steady={self.limit.steady}/m, margin={self.margin})"
@@ -490,17 +478,11 @@ class _Unlimited:
             raise SyncCancelled("cancelled")
         return 0
 
-    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
-        return self.acquire_ticket(timeout, cancel) is not None
-
     def observe(self, headers, ticket: int | None = None) -> None:
         pass
 
     def penalize(self, retry_after: float | None) -> None:
         pass
-
-    def blocked_for(self) -> float:
-        return 0.0
 
 
 UNLIMITED = _Unlimited()

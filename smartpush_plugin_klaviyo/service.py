@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, update
 
 from hookspecs.interfaces import HostContext
 from hookspecs.types import (
@@ -19,7 +18,7 @@ from hookspecs.types import (
     PauseReason,
     SyncReport,
 )
-from smartpush_plugin_klaviyo import dbwait, lease, status
+from smartpush_plugin_klaviyo import dbwait, lease, run_state, status
 from smartpush_plugin_klaviyo.client import REVISION, KlaviyoClient
 from smartpush_plugin_klaviyo.errors import (
     InvalidKeyError,
@@ -32,7 +31,7 @@ from smartpush_plugin_klaviyo.errors import (
     SyncStopped,
 )
 from smartpush_plugin_klaviyo.ratelimit import account_budgets
-from smartpush_plugin_klaviyo.state import create_tables, integration_t, run_t, stream_t
+from smartpush_plugin_klaviyo.state import create_tables
 from smartpush_plugin_klaviyo.status import INTEGRATION, PLAN_FEATURE, SECRET_NAME
 from smartpush_plugin_klaviyo.sync import MAX_CONSECUTIVE_ERRORS, SyncOptions, SyncRun
 from smartpush_plugin_klaviyo.timeutil import utcnow
@@ -88,14 +87,7 @@ def _revision_detail(exc: RevisionUnsupportedError) -> str:
 def install(ctx: HostContext) -> IntegrationStatus:
     create_tables(ctx.storage.engine)
     with ctx.storage.transaction() as tx:
-        row = status.ensure_row(tx, ctx.store_id)
-        if not row.installed:
-            tx.execute(
-                update(integration_t)
-                .where(integration_t.c.store_id == ctx.store_id)
-                .values(installed=True, installed_at=utcnow(), state=IntegrationState.PENDING_INTEGRATION.value,
-                        pause_reason=None, pause_detail=None)
-            )
+        status.mark_installed(tx, ctx.store_id)
     return status.build_status(ctx)
 
 
@@ -127,11 +119,7 @@ def authorize(ctx: HostContext, api_key: str) -> AuthorizeResult:
         )
     ctx.secrets.put(SECRET_NAME, api_key)
     with ctx.storage.transaction() as tx:
-        tx.execute(
-            update(integration_t)
-            .where(integration_t.c.store_id == ctx.store_id)
-            .values(state=IntegrationState.SYNCING.value, pause_reason=None, pause_detail=None, consecutive_errors=0)
-        )
+        status.set_state(tx, ctx.store_id, IntegrationState.SYNCING, consecutive_errors=0)
     # Due at once: the first import (or the resumption of a paused run) starts at the next tick.
     ctx.scheduler.schedule(INTEGRATION, every=DAILY, first_run=utcnow())
     return AuthorizeResult(ok=True, message="Key accepted: profiles, lists and segments are readable.")
@@ -241,12 +229,7 @@ def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception, owner:
             # A worker that lost its lease (e.g. frozen, then its PostgreSQL session ended)
             # counts nothing: the store is another worker's now.
             lease.fence(tx, ctx.store_id, owner)
-            tx.execute(
-                update(integration_t)
-                .where(integration_t.c.store_id == ctx.store_id)
-                .values(consecutive_errors=integration_t.c.consecutive_errors + 1)
-            )
-            errors = status.load(tx, ctx.store_id).consecutive_errors
+            errors = status.count_failure(tx, ctx.store_id)
     except LeaseLost as lost:
         return run.report("cancelled", started, False, str(lost))
     log.warning("store %s: sync failed (%s); it will resume from its checkpoint", ctx.store_id, kind,
@@ -296,18 +279,7 @@ def uninstall(ctx: HostContext) -> IntegrationStatus:
     ctx.scheduler.unschedule(INTEGRATION)
     ctx.secrets.delete(SECRET_NAME)
     with ctx.storage.transaction() as tx:
-        status.ensure_row(tx, ctx.store_id)
         # A running sync checks the epoch before every write and stops when it changed.
-        tx.execute(
-            update(integration_t)
-            .where(integration_t.c.store_id == ctx.store_id)
-            .values(installed=False, epoch=integration_t.c.epoch + 1, state=IntegrationState.PENDING_INTEGRATION.value,
-                    pause_reason=None, pause_detail=None, current_run_id=None, phase=None)
-        )
-        tx.execute(delete(stream_t).where(stream_t.c.store_id == ctx.store_id))
-        tx.execute(
-            update(run_t)
-            .where(and_(run_t.c.store_id == ctx.store_id, run_t.c.finished_at.is_(None)))
-            .values(finished_at=utcnow(), outcome="cancelled")
-        )
+        status.mark_uninstalled(tx, ctx.store_id)
+        run_state.cancel_unfinished(tx, ctx.store_id)
     return status.build_status(ctx)

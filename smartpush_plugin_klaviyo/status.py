@@ -7,8 +7,20 @@ import json
 from sqlalchemy import and_, func, insert, select, update
 
 from hookspecs.interfaces import HostContext
-from hookspecs.types import IntegrationState, IntegrationStatus, PauseReason, SyncProgress
-from smartpush_plugin_klaviyo.state import group_t, integration_t, profile_map_t, run_t, skipped_t
+from hookspecs.types import (
+    IntegrationState,
+    IntegrationStatus,
+    PauseReason,
+    SyncProgress,
+)
+from smartpush_plugin_klaviyo.state import (
+    group_t,
+    integration_t,
+    profile_map_t,
+    run_t,
+    skipped_t,
+)
+from smartpush_plugin_klaviyo.timeutil import utcnow
 
 INTEGRATION = "klaviyo"
 SECRET_NAME = "klaviyo_private_api_key"
@@ -36,6 +48,39 @@ def set_state(tx, store_id: str, state: IntegrationState, reason: PauseReason | 
         .where(integration_t.c.store_id == store_id)
         .values(state=state.value, pause_reason=reason.value if reason else None, pause_detail=detail, **extra)
     )
+
+
+def mark_installed(tx, store_id: str) -> None:
+    """Installed (pending a key) unless it already was."""
+    row = ensure_row(tx, store_id)
+    if not row.installed:
+        tx.execute(
+            update(integration_t)
+            .where(integration_t.c.store_id == store_id)
+            .values(installed=True, installed_at=utcnow(), state=IntegrationState.PENDING_INTEGRATION.value,
+                    pause_reason=None, pause_detail=None)
+        )
+
+
+def mark_uninstalled(tx, store_id: str) -> None:
+    """Cancel Integration: not installed, a new epoch (a running sync stops at its next write)."""
+    ensure_row(tx, store_id)
+    tx.execute(
+        update(integration_t)
+        .where(integration_t.c.store_id == store_id)
+        .values(installed=False, epoch=integration_t.c.epoch + 1, state=IntegrationState.PENDING_INTEGRATION.value,
+                pause_reason=None, pause_detail=None, current_run_id=None, phase=None)
+    )
+
+
+def count_failure(tx, store_id: str) -> int:
+    """One more failed sync in a row; returns how many now."""
+    tx.execute(
+        update(integration_t)
+        .where(integration_t.c.store_id == store_id)
+        .values(consecutive_errors=integration_t.c.consecutive_errors + 1)
+    )
+    return load(tx, store_id).consecutive_errors
 
 
 def pause(ctx: HostContext, reason: PauseReason, detail: str | None = None, **extra) -> None:

@@ -19,10 +19,8 @@ checkpoints (pages re-fetched after the last commit are applied idempotently).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import queue
 import threading
 import time
 import uuid
@@ -31,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, String, and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.interfaces import HostContext
 from hookspecs.types import SkippedRecord, SyncReport
@@ -45,14 +42,20 @@ from smartpush_plugin_klaviyo.errors import (
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
 from smartpush_plugin_klaviyo.pagination import any_of, paginate
 from smartpush_plugin_klaviyo.profile_pages import ProfilePageDecoder, default_processes
-from smartpush_plugin_klaviyo.state import (
-    group_t,
-    integration_t,
-    membership_t,
-    profile_map_t,
-    run_t,
-    stream_t,
+from smartpush_plugin_klaviyo.spool import (
+    Barrier,
+    GroupChecked,
+    JoinsRead,
+    Message,
+    PageRead,
+    ScanFinished,
+    Spool,
+    SpoolClosed,
+    StreamEnded,
+    StreamsPlanned,
+    TaskDone,
 )
+from smartpush_plugin_klaviyo.run_state import RunState
 from smartpush_plugin_klaviyo.streams import (
     PROFILES_PATH,
     SUPPRESSION_FIELDS,
@@ -106,8 +109,9 @@ class SyncOptions:
     """Incremental runs read the account's profiles once every this many runs, a portion
     per run sorted by ``created``: deleted and merged profiles are unmapped, and consent
     changes that did not move ``updated`` arrive, within this many runs."""
-    queue_pages: int = 16
-    """Pages buffered between fetchers and the writer (bounds memory)."""
+    spool_memory_pages: int = 64
+    """Pages held in memory between the fetchers and the writer; the fetchers never wait
+    for the writer: pages beyond these are spilled to a temporary file (see :mod:`.spool`)."""
     map_processes: int | None = None
     """Helper processes that decode and map profile pages in a large run, so the writer
     has the interpreter to itself; ``None``: one fewer than the CPUs, at most two; ``0``:
@@ -165,27 +169,6 @@ def _interleave(streams: list[dict]) -> list[dict]:
     return ordered
 
 
-_ADVANCE_STREAM = (
-    # Built once: constructing this UPDATE for every page cost more than running it.
-    update(stream_t)
-    .where(
-        and_(
-            stream_t.c.store_id == bindparam("b_store"),
-            stream_t.c.run_id == bindparam("b_run"),
-            stream_t.c.key == bindparam("b_key"),
-        )
-    )
-    .values(
-        next_url=bindparam("b_next", type_=String),
-        started=True,
-        pages=stream_t.c.pages + 1,
-        records=stream_t.c.records + bindparam("b_n", type_=Integer),
-        last_value=func.coalesce(bindparam("b_last", type_=String), stream_t.c.last_value),
-    )
-)
-"""A stream's checkpoint after one page: cursor, counters and the last ``updated`` seen."""
-
-
 class _Stop(Exception):
     """Internal: a fetcher noticed the run is stopping."""
 
@@ -201,11 +184,11 @@ class SyncRun:
         self.stop = threading.Event()
         self.finished = threading.Event()
         self.errors: list[BaseException] = []
-        self.pages: queue.Queue = queue.Queue(maxsize=options.queue_pages)
+        self.spool = Spool(options.spool_memory_pages)
         self.outstanding = 0
         self.outstanding_lock = threading.Lock()
         self.counters = RunCounters()
-        self.epoch: int | None = None
+        self.state = RunState(ctx.storage, ctx.store_id, options.lease_owner, on_lost=self._abort)
         self.pool: ThreadPoolExecutor | None = None
         self.decoder = ProfilePageDecoder(0)
         self.aborted: BaseException | None = None
@@ -220,11 +203,10 @@ class SyncRun:
     # ------------------------------------------------------------------ entry
     def execute(self, requested_mode: str) -> SyncReport:
         started = utcnow()
-        with self.ctx.storage.transaction(readonly=True) as tx:
-            integ = tx.execute(select(integration_t).where(integration_t.c.store_id == self.store_id)).first()
-        self.epoch = integ.epoch
+        integ = self.state.integration()
         run, resumed = self._load_or_create_run(requested_mode, integ)
         self.run_id, self.gen, self.mode = run["run_id"], run["seq"], run["mode"]
+        self.state.begin(self.run_id)
         self.profiles_since = run["profiles_since"]
         """Incremental: joins and profiles after this (the last watermark less the overlap)."""
         self.writer = PageWriter(self.ctx, self.run_id, self.gen, self.counters)
@@ -243,6 +225,7 @@ class SyncRun:
             self._finish_run(run)
         finally:
             self.finished.set()
+            self.spool.close()
             watcher.join(timeout=5)
         if self.aborted is not None:
             raise self.aborted
@@ -251,13 +234,10 @@ class SyncRun:
     # ----------------------------------------------------------- run records
     def _load_or_create_run(self, requested_mode: str, integ) -> tuple[dict, bool]:
         if integ.current_run_id:
-            with self.ctx.storage.transaction(readonly=True) as tx:
-                row = tx.execute(
-                    select(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == integ.current_run_id))
-                ).first()
-            if row is not None and row.finished_at is None:
-                log.info("store %s: resuming run %s (%s)", self.store_id, row.run_id, row.mode)
-                return dict(row._mapping), True
+            row = self.state.unfinished_run(integ.current_run_id)
+            if row is not None:
+                log.info("store %s: resuming run %s (%s)", self.store_id, row["run_id"], row["mode"])
+                return row, True
         mode = "full" if requested_mode == "full" or integ.last_success_at is None else "incremental"
         newest = self._probe("-updated")
         oldest = self._probe("updated") if mode == "full" else None
@@ -289,29 +269,9 @@ class SyncRun:
                 for which in SUPPRESSION_FIELDS
             ]
             extra.append({"key": "sweep", "lo": integ.sweep_position, "hi": None})
-        with self.ctx.storage.transaction() as tx:
-            self._check_epoch(tx)
-            tx.execute(insert(run_t).values(**run))
-            tx.execute(
-                insert(stream_t),
-                [
-                    {
-                        "store_id": self.store_id,
-                        "run_id": run["run_id"],
-                        "key": f"profiles:{i:02d}",
-                        "kind": "profiles",
-                        "lo": lo,
-                        "hi": hi,
-                    }
-                    for i, (lo, hi) in enumerate(windows)
-                ]
-                + [{"store_id": self.store_id, "run_id": run["run_id"], "kind": "profiles", **e} for e in extra],
-            )
-            tx.execute(
-                update(integration_t)
-                .where(integration_t.c.store_id == self.store_id)
-                .values(current_run_id=run["run_id"], run_seq=run["seq"], last_sync_started_at=run["started_at"])
-            )
+        streams = [{"key": f"profiles:{i:02d}", "kind": "profiles", "lo": lo, "hi": hi}
+                   for i, (lo, hi) in enumerate(windows)]
+        self.state.create_run(run, streams + [{"kind": "profiles", **e} for e in extra])
         return run, False
 
     PROBE_MAX_PAGES = 5
@@ -343,11 +303,8 @@ class SyncRun:
 
     # ------------------------------------------------------------ streams
     def _run_streams(self) -> None:
-        with self.ctx.storage.transaction(readonly=True) as tx:
-            streams = [dict(r._mapping) for r in tx.execute(
-                select(stream_t).where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id))
-            )]
-            groups = [dict(r._mapping) for r in tx.execute(select(group_t).where(group_t.c.store_id == self.store_id))]
+        streams = self.state.streams()
+        groups = self.state.groups()
         self.pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix=f"klaviyo-{self.store_id}")
         processes = self.options.map_processes
         self.decoder = ProfilePageDecoder(
@@ -392,7 +349,7 @@ class SyncRun:
                 with self.ctx.storage.transaction() as tx:
                     self._check_epoch(tx)
                     if new_rows:
-                        tx.execute(insert(stream_t), [dict(r) for r in new_rows])
+                        self.state.add_streams(tx, new_rows)
                     for group_id in finished:
                         self.writer.finalize_group_scan(tx, group_id)
                         self._mark_checked(tx, group_id)
@@ -415,20 +372,15 @@ class SyncRun:
             raise self.errors[0]
 
     def _drain(self) -> None:
-        """Empty the queue until every fetcher has ended, so none blocks on a full queue."""
+        """Wait until every fetch task has ended, dropping what they queue."""
         while True:
             with self.outstanding_lock:
                 if self.outstanding <= 0:
                     break
-            try:
-                kind, _key, _payload = self.pages.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if kind == "task_done":
+            if isinstance(self.spool.get(timeout=0.1), TaskDone):
                 with self.outstanding_lock:
                     self.outstanding -= 1
-        while not self.pages.empty():
-            self.pages.get_nowait()
+        self.spool.clear()
 
     def _submit(self, fn, *args) -> None:
         with self.outstanding_lock:
@@ -445,31 +397,30 @@ class SyncRun:
             self.errors.append(exc)
             self.stop.set()
         finally:
-            self._enqueue(("task_done", None, None), force=True)
+            self._enqueue(TaskDone(), force=True)
 
-    def _enqueue(self, item, force: bool = False) -> None:
-        while True:
-            if self.stop.is_set() and not force:
-                raise _Stop()
-            try:
-                self.pages.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+    def _enqueue(self, message: Message, force: bool = False) -> None:
+        """Hand a message to the writer (never waits for it: see :class:`.spool.Spool`)."""
+        if self.stop.is_set() and not force:
+            raise _Stop()
+        try:
+            self.spool.put(message)
+        except SpoolClosed:
+            raise _Stop() from None
 
     WRITE_BATCH = 16
-    """Queued items applied in one transaction (fewer BEGIN/COMMIT and epoch checks)."""
+    """Messages applied in one transaction (fewer BEGIN/COMMIT and epoch checks)."""
 
     def _write_loop(self) -> None:
         trimmer = HeapTrimmer()
+        spool = self.spool
         while True:
             with self.outstanding_lock:
                 idle = self.outstanding == 0
-            if idle and self.pages.empty():
+            if idle and spool.empty():
                 return
-            try:
-                item = self.pages.get(timeout=0.5)
-            except queue.Empty:
+            message = spool.get(timeout=0.5)
+            if message is None:
                 if self.stop.is_set() and self.errors:
                     return
                 continue
@@ -477,22 +428,18 @@ class SyncRun:
             # in the same transaction; a barrier ends the batch and is released after the
             # commit, so whoever waits on it sees everything queued before it written.
             batch, barrier = [], None
-            while True:
-                kind = item[0]
-                if kind == "task_done":
+            while message is not None:
+                if isinstance(message, TaskDone):
                     with self.outstanding_lock:
                         self.outstanding -= 1
-                elif kind == "barrier":
-                    barrier = item[2]
+                elif isinstance(message, Barrier):
+                    barrier = message.event
                     break
                 else:
-                    batch.append(item)
+                    batch.append(message)
                     if len(batch) >= self.WRITE_BATCH:
                         break
-                try:
-                    item = self.pages.get_nowait()
-                except queue.Empty:
-                    break
+                message = spool.get_nowait()
             if self.stop.is_set() and self.errors:
                 if barrier is not None:
                     barrier.set()
@@ -500,61 +447,47 @@ class SyncRun:
             if batch:
                 with self.ctx.storage.transaction() as tx:
                     self._check_epoch(tx)
-                    for kind, key, payload in batch:
-                        if kind == "page":
-                            self._apply_page(tx, key, payload)
-                        elif kind == "stream_done":
-                            self._stream_done(tx, key, payload)
-                        elif kind == "group_checked":
-                            self._mark_checked(tx, key)
-                        elif kind == "joins":
-                            self.writer.write_members(tx, key, payload, scan=False)
-                        elif kind == "create_streams":
-                            tx.execute(insert(stream_t), payload)
-                        elif kind == "finalize_scan":
-                            self.writer.finalize_group_scan(tx, key)
-                            self._mark_checked(tx, key)
+                    for message in batch:
+                        self._apply(tx, message)
             if barrier is not None:
                 barrier.set()
             trimmer.maybe_trim()
             if time.monotonic() - self._progress_at >= 1.0:
                 self._save_progress()
 
-    def _apply_page(self, tx, stream: dict, page: dict) -> None:
-        if stream["kind"] == "profiles":
-            self.writer.write_mapped(tx, page["mapped"])
-            last, n = page["last"], len(page["mapped"])
-        else:
-            data = page["data"]
-            self.writer.write_members(tx, stream["group_id"], [r.get("id") for r in data if isinstance(r, dict)])
-            last, n = None, len(data)
-        tx.execute(
-            _ADVANCE_STREAM,
-            {"b_store": self.store_id, "b_run": self.run_id, "b_key": stream["key"],
-             "b_next": page["next_url"], "b_n": n, "b_last": last},
-        )
+    def _apply(self, tx, message: Message) -> None:
+        """Apply one message in the writer's transaction."""
+        if isinstance(message, PageRead):
+            self._apply_page(tx, message)
+        elif isinstance(message, StreamEnded):
+            self._stream_done(tx, message.stream, message.hi)
+        elif isinstance(message, GroupChecked):
+            self._mark_checked(tx, message.group_id)
+        elif isinstance(message, JoinsRead):
+            self.writer.write_members(tx, message.group_id, message.klaviyo_ids, scan=False)
+        elif isinstance(message, StreamsPlanned):
+            self.state.add_streams(tx, message.rows)
+        elif isinstance(message, ScanFinished):
+            self.writer.finalize_group_scan(tx, message.group_id)
+            self._mark_checked(tx, message.group_id)
+        else:  # pragma: no cover - a message kind added without its writer
+            raise TypeError(f"no writer for {type(message).__name__}")
 
-    def _stream_done(self, tx, stream: dict, end: dict | None = None) -> None:
-        values = {"done": True, "next_url": None}
-        if stream["key"] == "sweep":
-            values["hi"] = (end or {}).get("hi")  # where this run's portion ended; None: the end
-        tx.execute(
-            update(stream_t)
-            .where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == stream["key"]))
-            .values(**values)
-        )
+    def _apply_page(self, tx, page: PageRead) -> None:
+        stream = page.stream
+        if page.profiles is not None:
+            self.writer.write_mapped(tx, page.profiles.mapped)  # waits for its helper if still mapping
+        else:
+            self.writer.write_members(tx, stream["group_id"], page.member_ids)
+        self.state.advance(tx, stream["key"], page.next_url, page.records, page.last)
+
+    def _stream_done(self, tx, stream: dict, hi: str | None = None) -> None:
+        # the sweep's portion ends at ``hi`` (None: the end of the account)
+        self.state.end_stream(tx, stream["key"], hi=hi, sweep=stream["key"] == "sweep")
         if stream["kind"] != "members":
             return
         # this run's streams of the group: key -> done (the one just updated included)
-        streams = dict(tx.execute(
-            select(stream_t.c.key, stream_t.c.done).where(
-                and_(
-                    stream_t.c.store_id == self.store_id,
-                    stream_t.c.run_id == self.run_id,
-                    stream_t.c.group_id == stream["group_id"],
-                )
-            )
-        ).all())
+        streams = self.state.group_streams(tx, stream["group_id"])
         if all(streams.values()) and not self._scan_incomplete(tx, stream, list(streams)):
             self.writer.finalize_group_scan(tx, stream["group_id"])
             self._mark_checked(tx, stream["group_id"])
@@ -582,7 +515,7 @@ class SyncRun:
                 return False
             self.counters.counts["group_scans_unsliced"] += 1
             row = self._unsliced_stream(group)
-            tx.execute(insert(stream_t), [dict(row)])
+            self.state.add_streams(tx, [row])
             self._submit(self._fetch_stream, row)
             return True
         if seen >= self.writer.member_count(tx, gid):
@@ -595,11 +528,11 @@ class SyncRun:
         (Without count budget left: the unfiltered read decides.)"""
         count = self._group_count(group)[0] if self._take_count() else None
         if count is not None and count <= seen:
-            self._enqueue(("finalize_scan", group["group_id"], None))
+            self._enqueue(ScanFinished(group["group_id"]))
             return
         self.counters.counts["group_scans_unsliced"] += 1
         row = self._unsliced_stream(group)
-        self._enqueue(("create_streams", None, [dict(row)]))
+        self._enqueue(StreamsPlanned([dict(row)]))
         self._submit(self._fetch_stream, row)
 
     def _plan_group(self, group: dict) -> list[dict] | None:
@@ -647,11 +580,7 @@ class SyncRun:
 
     def _mark_checked(self, tx, group_id: str) -> None:
         self.progress["groups_done"] += 1
-        tx.execute(
-            update(group_t)
-            .where(and_(group_t.c.store_id == self.store_id, group_t.c.group_id == group_id))
-            .values(checked_run=self.run_id)
-        )
+        self.state.mark_checked(tx, group_id)
 
     # ----------------------------------------------------------- fetchers
     def _fetch_stream(self, stream: dict) -> None:
@@ -676,27 +605,30 @@ class SyncRun:
             if self.stop.is_set():
                 raise _Stop()
             if decode is not None:
+                # The sweep's position is the last ``created`` it mapped (it needs the page
+                # mapped now); a profile window restarts from the last ``updated`` read.
                 value = _last_created(page.mapped) if key == "sweep" else (page.last if key.startswith("profiles:") else None)
                 if value:
                     last["value"] = value
-                payload = {"mapped": page.mapped, "last": value, "next_url": page.next_url}
+                message = PageRead(stream, page.next_url, profiles=page, last=value)
             else:
-                payload = {"data": page.data, "next_url": page.next_url}
-            self._enqueue(("page", stream, payload))
+                ids = [r.get("id") for r in page.data if isinstance(r, dict)]
+                message = PageRead(stream, page.next_url, member_ids=ids)
+            self._enqueue(message)
             if key == "sweep":
-                self.counters.counts["profiles_swept"] += len(page.mapped)
+                self.counters.counts["profiles_swept"] += page.records
             if not page.next_url:
-                self._enqueue(("stream_done", stream, {"hi": None}))
+                self._enqueue(StreamEnded(stream))
                 return
             if quota is not None and last["value"]:
                 # The sweep reads its share of the account; everything created before the
                 # second of the last profile delivered was delivered (the rest of that
                 # second is read again next run), so that second is where its portion ends.
-                records += len(page.mapped)
+                records += page.records
                 second = floor_second(parse_iso(last["value"]))
                 lo = parse_iso(stream["lo"])
                 if records >= quota and (lo is None or second > floor_second(lo)):
-                    self._enqueue(("stream_done", stream, {"hi": format_iso(second)}))
+                    self._enqueue(StreamEnded(stream, format_iso(second)))
                     return
 
     def _first_request(self, stream: dict, last_value: str | None) -> tuple[str, dict]:
@@ -713,9 +645,7 @@ class SyncRun:
     def _sweep_quota(self) -> int:
         """Profiles the sweep reads this run: its share of the mapped profiles (a page at least)."""
         with self.ctx.storage.transaction(readonly=True) as tx:
-            mapped = tx.execute(
-                select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == self.store_id)
-            ).scalar_one()
+            mapped = self.writer.mapped_count(tx)
         return max(100, math.ceil(mapped / self.options.sweep_runs))
 
     def _group_count(self, group: dict) -> tuple[int | None, bool]:
@@ -778,7 +708,7 @@ class SyncRun:
         rows = self._scan_streams(group, expected)
         # Created by the writer (one writer: fetchers never wait for the database's write
         # lock); the queue is FIFO, so the rows exist before any page of these streams.
-        self._enqueue(("create_streams", None, [dict(r) for r in rows]))
+        self._enqueue(StreamsPlanned([dict(r) for r in rows]))
         for row in rows:
             self._submit(self._fetch_stream, row)
 
@@ -792,15 +722,15 @@ class SyncRun:
         for page in paginate(self.client, path, params):
             ids = [r.get("id") for r in page.data if isinstance(r, dict)]
             if ids:
-                self._enqueue(("joins", gid, ids))
+                self._enqueue(JoinsRead(gid, ids))
             if self.stop.is_set():
                 raise _Stop()
         if not self._take_count():
             self.counters.counts["groups_joins_checked"] += 1
-            self._enqueue(("group_checked", gid, None))
+            self._enqueue(GroupChecked(gid))
             return
         done = threading.Event()
-        self._enqueue(("barrier", None, done))
+        self._enqueue(Barrier(done))
         while not done.wait(0.2):
             if self.stop.is_set():
                 raise _Stop()
@@ -809,7 +739,7 @@ class SyncRun:
             ours = self.writer.member_count(tx, gid)
         if count is not None and count == ours and not processing:
             self.counters.counts["groups_unchanged"] += 1
-            self._enqueue(("group_checked", gid, None))
+            self._enqueue(GroupChecked(gid))
         else:
             self.counters.counts["groups_rescanned"] += 1
             self._start_scan(group, expected=count)
@@ -817,44 +747,27 @@ class SyncRun:
     # ------------------------------------------------------------- finish
     def _confirm_deleted_profiles(self) -> None:
         """Full runs: mapped profiles not seen are checked by id; the gone are unmapped."""
-        self._confirm_gone(profile_map_t.c.store_id == self.store_id)
+        with self.ctx.storage.transaction(readonly=True) as tx:
+            candidates = self.writer.not_seen_in_run(tx, self.run_id)
+        self._confirm_gone(candidates)
 
     def _confirm_swept_profiles(self) -> None:
         """Incremental runs: mapped profiles whose ``created`` lies in the range the sweep
         read this run, but that it did not return, are checked by id; the gone (deleted,
         or merged into another profile) are unmapped. When the sweep reached the end of
         the account, profiles whose ``created`` is unknown are checked too."""
-        with self.ctx.storage.transaction(readonly=True) as tx:
-            sweep = tx.execute(
-                select(stream_t).where(
-                    and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == "sweep")
-                )
-            ).first()
-        if sweep is None or not sweep.done:
+        sweep = self.state.stream("sweep")
+        if sweep is None or not sweep["done"]:
             return
-        created = profile_map_t.c.created
-        in_range = and_(
-            created >= sweep.lo if sweep.lo else created.is_not(None),
-            created < sweep.hi if sweep.hi else created.is_not(None),
-        )
-        if sweep.hi is None:
-            in_range = in_range | created.is_(None)
-        self._confirm_gone(and_(profile_map_t.c.store_id == self.store_id, in_range))
-
-    def _confirm_gone(self, where) -> None:
-        """Mapped profiles matching ``where`` and not seen in this run are looked up by id
-        (100 per request); those Klaviyo no longer has lose their id mapping and tags."""
+        # created in [lo, hi); reaching the end of the account, unknown ``created`` too
         with self.ctx.storage.transaction(readonly=True) as tx:
-            candidates = list(
-                tx.execute(
-                    select(profile_map_t.c.klaviyo_id).where(
-                        and_(
-                            where,
-                            (profile_map_t.c.last_seen_run != self.run_id) | (profile_map_t.c.last_seen_run.is_(None)),
-                        )
-                    )
-                ).scalars()
-            )
+            candidates = self.writer.not_seen_in_run(tx, self.run_id, created_from=sweep["lo"],
+                                                     created_before=sweep["hi"], ranged=True)
+        self._confirm_gone(candidates)
+
+    def _confirm_gone(self, candidates: list[str]) -> None:
+        """Mapped profiles not seen in this run (``candidates``) are looked up by id (100
+        per request); those Klaviyo no longer has lose their id mapping and tags."""
         self.counters.counts["profiles_checked_by_id"] += len(candidates)
         for start in range(0, len(candidates), 100):
             chunk = candidates[start : start + 100]
@@ -875,60 +788,17 @@ class SyncRun:
                 if alive:
                     self.writer.write_profiles(tx, list(alive.values()))
                 if gone:
-                    uids = self.writer._uids_of(tx, gone)
-                    tx.execute(delete(membership_t).where(and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(gone))))
-                    tx.execute(delete(profile_map_t).where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(gone))))
-                    self.writer.recompute_tags(tx, uids)
+                    self.writer.unmap(tx, gone)
                     self.counters.counts["profiles_deleted_in_klaviyo"] += len(gone)
 
     def _finish_run(self, run: dict) -> None:
-        now = utcnow()
         report = self.report("completed", run["started_at"], False)
-        with self.ctx.storage.transaction() as tx:
-            self._check_epoch(tx)
-            tx.execute(
-                update(run_t)
-                .where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id))
-                .values(finished_at=now, outcome="completed", phase="done", report_json=report.model_dump_json())
-            )
-            sweep = tx.execute(
-                select(stream_t.c.done, stream_t.c.hi).where(
-                    and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id, stream_t.c.key == "sweep")
-                )
-            ).first()
-            integ = tx.execute(select(integration_t.c.sweep_cycle).where(integration_t.c.store_id == self.store_id)).first()
-            tx.execute(delete(stream_t).where(and_(stream_t.c.store_id == self.store_id, stream_t.c.run_id == self.run_id)))
-            values = dict(current_run_id=None, phase=None, progress_json=None, last_success_at=now, consecutive_errors=0,
-                          counts_json=json.dumps(dict(self.counters.counts)))
-            # A full run read (and confirmed) the whole account: the sweep starts over.
-            # An incremental run's sweep moves on to where its portion ended.
-            if self.mode == "full" or (sweep is not None and sweep.done and sweep.hi is None):
-                values.update(sweep_position=None, sweep_cycle=(integ.sweep_cycle or 0) + 1)
-            elif sweep is not None and sweep.done:
-                values["sweep_position"] = sweep.hi
-            if run["klaviyo_start"] is not None:
-                values["profiles_watermark"] = run["klaviyo_start"]
-            tx.execute(update(integration_t).where(integration_t.c.store_id == self.store_id).values(**values))
+        self.state.finish(self.mode, run["klaviyo_start"], report.model_dump_json(), dict(self.counters.counts))
 
     # ------------------------------------------------------------ helpers
     def _check_epoch(self, tx) -> None:
-        # The lease first: on PostgreSQL it names the session before this transaction takes
-        # a row lock, so a successor can end it should this worker freeze (see lease.fence).
-        try:
-            lease.fence(tx, self.store_id, self.options.lease_owner)
-        except LeaseLost as exc:
-            self._abort(exc)
-            raise
-        # FOR UPDATE (PostgreSQL): an uninstall either commits before this write or waits for it.
-        row = tx.execute(
-            select(integration_t.c.epoch, integration_t.c.installed)
-            .where(integration_t.c.store_id == self.store_id)
-            .with_for_update()
-        ).first()
-        if row is None or not row.installed or row.epoch != self.epoch:
-            exc = SyncCancelled("the integration was cancelled")
-            self._abort(exc)
-            raise exc
+        """Not cancelled, lease still ours: else the transaction commits nothing."""
+        self.state.verify(tx)
 
     def progress_record(self) -> dict:
         """Where this run is, as :class:`hookspecs.types.SyncProgress` fields."""
@@ -944,21 +814,11 @@ class SyncRun:
 
     def _save_progress(self) -> None:
         self._progress_at = time.monotonic()
-        record = dict(self.progress_record(), updated_at=utcnow().isoformat())
-        with self.ctx.storage.transaction() as tx:
-            self._check_epoch(tx)
-            tx.execute(
-                update(integration_t)
-                .where(and_(integration_t.c.store_id == self.store_id, integration_t.c.current_run_id == self.run_id))
-                .values(progress_json=json.dumps(record))
-            )
+        self.state.save_progress(dict(self.progress_record(), updated_at=utcnow().isoformat()))
 
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
-        with self.ctx.storage.transaction() as tx:
-            self._check_epoch(tx)
-            tx.execute(update(integration_t).where(integration_t.c.store_id == self.store_id).values(phase=phase))
-            tx.execute(update(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == self.run_id)).values(phase=phase))
+        self.state.set_phase(phase)
         self._save_progress()
 
     def _watch(self) -> None:
@@ -966,11 +826,7 @@ class SyncRun:
         last_renew = time.monotonic()
         while not self.finished.wait(0.5):
             try:
-                with self.ctx.storage.transaction(readonly=True) as tx:
-                    row = tx.execute(
-                        select(integration_t.c.epoch, integration_t.c.installed).where(integration_t.c.store_id == self.store_id)
-                    ).first()
-                if row is None or not row.installed or row.epoch != self.epoch:
+                if self.state.cancelled():
                     self._abort(SyncCancelled("the integration was cancelled"))
                     return
                 if self.options.stop_event is not None and self.options.stop_event.is_set():

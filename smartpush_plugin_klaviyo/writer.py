@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import String, and_, bindparam, delete, func, insert, select, update
 
 from hookspecs.fastsql import FastStatement, InListStatement, bind_value
-from hookspecs.interfaces import Contact, HostContext, NewContact, normalize_email_key
+from hookspecs.interfaces import Contact, HostContext, normalize_email_key
 from smartpush_plugin_klaviyo import mapping
 from smartpush_plugin_klaviyo.state import (
     event_t,
@@ -118,6 +118,17 @@ class PageWriter:
             return
         kids = list(by_id)
         known = {row.klaviyo_id: row for row in _KNOWN.execute(tx, {"store": store, "kids": kids})}
+        loaded = contacts.get_many(tx, list({row.contact_uid for row in known.values()})) if known else {}
+        # A mapped contact the host no longer has (deleted on the platform): its profiles are
+        # matched again like new ones (by email, then phone, else a new contact) and their
+        # id mapping re-pointed. Recreating it under the stale mapping instead left the new
+        # contact without a Klaviyo id and made another one every run, all sharing an email.
+        stale = [kid for kid, row in known.items() if row.contact_uid not in loaded]
+        if stale:
+            _FORGET_MAP.execute(tx, {"store": store, "kids": stale})
+            for kid in stale:
+                del known[kid]
+            counts["contacts_recreated"] += len(stale)
         unmapped = [m for m in by_id.values() if m.klaviyo_id not in known]
         by_email = contacts.find_by_emails(tx, {m.email_key for m in unmapped if m.email_key}) if unmapped else {}
         by_phone = contacts.find_by_phones(tx, {m.phone for m in unmapped if m.phone}) if unmapped else {}
@@ -129,7 +140,9 @@ class PageWriter:
         if unmapped and candidate_uids:
             for uid, kid in _PRIMARY_OF_UIDS.execute(tx, {"store": store, "uids": list(candidate_uids)}):
                 mapped_owner.setdefault(uid, kid)
-        loaded = contacts.get_many(tx, list(candidate_uids)) if candidate_uids else {}
+        more = candidate_uids - loaded.keys()
+        if more:
+            loaded.update(contacts.get_many(tx, list(more)))
         originals = {uid: Contact(**vars(c)) for uid, c in loaded.items()}
         for c in originals.values():
             c.properties = dict(c.properties)
@@ -198,7 +211,7 @@ class PageWriter:
                     counts["contacts_merged"] += 1
             target = None if created else (pending.get(uid) or loaded.get(uid))
             if target is None:
-                # A new contact, or a mapped contact the merchant deleted from the host: create it.
+                # A new contact (a mapped contact the host no longer has was unmapped above).
                 if not created:
                     counts["contacts_recreated"] += 1
                 uid = f"pending:{len(pending)}"
@@ -206,7 +219,7 @@ class PageWriter:
                 if phone_taken:
                     draft.phone = None
                     draft.sms_subscription = None
-                pending[uid] = _as_contact(uid, draft)
+                pending[uid] = mapping.as_contact(uid, draft)
                 owned = {f for f in _STANDARD if getattr(draft, f)}
                 primary = True
                 counts["contacts_created"] += 1
@@ -238,7 +251,7 @@ class PageWriter:
         # Create new contacts, then resolve their temporary uids.
         if pending:
             temp_ids = list(pending)
-            new_uids = contacts.create_many(tx, [_as_new_contact(pending[t]) for t in temp_ids])
+            new_uids = contacts.create_many(tx, [mapping.as_new_contact(pending[t]) for t in temp_ids])
             real = dict(zip(temp_ids, new_uids, strict=True))
             for values in map_inserts + map_updates:
                 values["contact_uid"] = real.get(values["contact_uid"], values["contact_uid"])
@@ -394,6 +407,42 @@ class PageWriter:
             where.append(membership_t.c.seen_gen == self.gen)
         return tx.execute(select(func.count()).select_from(membership_t).where(and_(*where))).scalar_one()
 
+    # ------------------------------------------------------------ the id map
+    def mapped_count(self, tx) -> int:
+        """Klaviyo profiles mapped to a contact in this store."""
+        return tx.execute(
+            select(func.count()).select_from(profile_map_t).where(profile_map_t.c.store_id == self.store_id)
+        ).scalar_one()
+
+    def not_seen_in_run(self, tx, run_id: str, *, created_from: str | None = None,
+                        created_before: str | None = None, ranged: bool = False) -> list[str]:
+        """Mapped Klaviyo ids that no stream of run ``run_id`` returned; ``ranged``: only
+        those whose ``created`` lies in ``[created_from, created_before)`` (an open end is
+        unbounded; with no ``created_before``, those whose ``created`` is unknown too)."""
+        where = [
+            profile_map_t.c.store_id == self.store_id,
+            (profile_map_t.c.last_seen_run != run_id) | profile_map_t.c.last_seen_run.is_(None),
+        ]
+        if ranged:
+            created = profile_map_t.c.created
+            in_range = and_(
+                created >= created_from if created_from else created.is_not(None),
+                created < created_before if created_before else created.is_not(None),
+            )
+            if created_before is None:
+                in_range = in_range | created.is_(None)
+            where.append(in_range)
+        return list(tx.execute(select(profile_map_t.c.klaviyo_id).where(and_(*where))).scalars())
+
+    def unmap(self, tx, klaviyo_ids: Sequence[str]) -> None:
+        """Profiles Klaviyo no longer has (deleted, merged away): their memberships and id
+        mappings go, their contacts' Klaviyo tags are recomputed; the contacts stay."""
+        uids = self._uids_of(tx, klaviyo_ids)
+        for chunk in _chunks(list(klaviyo_ids)):
+            tx.execute(delete(membership_t).where(and_(membership_t.c.store_id == self.store_id, membership_t.c.klaviyo_id.in_(chunk))))
+            tx.execute(delete(profile_map_t).where(and_(profile_map_t.c.store_id == self.store_id, profile_map_t.c.klaviyo_id.in_(chunk))))
+        self.recompute_tags(tx, uids)
+
     def _uids_of(self, tx, klaviyo_ids: Sequence[str]) -> set[str]:
         uids: set[str] = set()
         for chunk in _chunks(list(klaviyo_ids)):
@@ -481,6 +530,7 @@ _KNOWN = InListStatement(
     "kids",
 )
 _UNSKIP = InListStatement(delete(skipped_t).where(_of_kids(skipped_t)), "kids")
+_FORGET_MAP = InListStatement(delete(profile_map_t).where(_of_kids(profile_map_t)), "kids")
 _STILL_SEEN = InListStatement(
     update(profile_map_t).where(_of_kids(profile_map_t)).values(last_seen_run=bindparam("run")), "kids"
 )
@@ -510,31 +560,6 @@ _STANDARD = ("email", "phone", "name", "country")
 
 
 # Explicit fields rather than a dict of getattr()s: one of each per new contact.
-def _as_contact(uid: str, c: NewContact) -> Contact:
-    return Contact(
-        uid=uid,
-        email=c.email,
-        phone=c.phone,
-        name=c.name,
-        country=c.country,
-        email_subscription=c.email_subscription,
-        sms_subscription=c.sms_subscription,
-        properties=c.properties,
-    )
-
-
-def _as_new_contact(c: Contact) -> NewContact:
-    return NewContact(
-        email=c.email,
-        phone=c.phone,
-        name=c.name,
-        country=c.country,
-        email_subscription=c.email_subscription,
-        sms_subscription=c.sms_subscription,
-        properties=c.properties,
-    )
-
-
 def _first(uids: list[str] | None) -> str | None:
     return sorted(uids)[0] if uids else None
 

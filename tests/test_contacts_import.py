@@ -56,21 +56,41 @@ def test_email_and_phone_of_two_different_contacts_is_skipped_not_merged(host, s
     assert len(_export(host, store)) == 2
 
 
-def test_an_export_imports_into_another_store_and_again_changes_nothing(host, store_ids):
+def test_an_export_imports_into_another_store_keeping_every_uid_and_again_changes_nothing(host, store_ids):
     a, b = store_ids(2)
     import_contacts(host.storage, host.contacts(a), _lines(
         {"uid": "keep_me", "email": "a@example.com", "tags": ["t"]}, {"phone": "+447911123456", "name": "P"}))
-    exported = [json.dumps(r).encode() for r in _export(host, a)]
+    in_a = _export(host, a)
+    exported = [json.dumps(r).encode() for r in in_a]
     result = import_contacts(host.storage, host.contacts(b), exported)
     assert (result.created, result.skipped) == (2, [])
     again = import_contacts(host.storage, host.contacts(b), exported)
-    assert (again.created, again.updated, again.unchanged) == (0, 0, 2)
+    assert (again.created, again.updated, again.unchanged, again.skipped) == (0, 0, 2, [])
     in_b = _export(host, b)
-    assert sorted(r["email"] or r["phone"] for r in in_b) == ["+447911123456", "a@example.com"]
-    assert not {r["uid"] for r in in_b} & {r["uid"] for r in _export(host, a)}  # the uids stay A's
+    assert in_b == in_a  # every uid, field and tag kept (no Klaviyo ids in either store)
+    assert "keep_me" in {r["uid"] for r in in_b}
+    # the same uids now name two contacts, one per store: changing B's leaves A's alone
+    changed = import_contacts(host.storage, host.contacts(b), _lines(
+        {"uid": "keep_me", "email": "a@example.com", "name": "B's own", "properties": {"b": 1}, "tags": ["only_b"]}))
+    assert (changed.created, changed.updated, changed.skipped) == (0, 1, [])
+    assert _export(host, a) == in_a
+    keep_b = next(r for r in _export(host, b) if r["uid"] == "keep_me")
+    assert keep_b["name"] == "B's own" and keep_b["tags"] == ["only_b", "t"] and keep_b["email"] == "a@example.com"
     # into its own store, the export changes nothing either
     own = import_contacts(host.storage, host.contacts(a), exported)
     assert (own.created, own.updated, own.unchanged) == (0, 0, 2)
+
+
+def test_a_uid_repeated_in_one_file_names_one_contact_whatever_the_batch(host, store_ids):
+    (store,) = store_ids(1)
+    lines = _lines({"uid": "u1", "email": "first@example.com"}, {"uid": "u1", "phone": "+14155550123", "name": "Same"})
+    for batch in (1, 500):  # in one batch or two, the second line updates the contact the first made
+        contacts = host.contacts(f"{store}-{batch}")
+        result = import_contacts(host.storage, contacts, lines, batch=batch)
+        assert (result.created, result.skipped) == (1, [])
+        (record,) = _export(host, contacts.store_id)
+        assert (record["uid"], record["email"], record["phone"], record["name"]) == (
+            "u1", "first@example.com", "+14155550123", "Same")
 
 
 BAD_LINES = [
@@ -125,6 +145,27 @@ def test_cli_import_exits_6_and_says_how_many_lines_were_skipped(tmp_path, db_ur
     export = subprocess.run(["smartpush", "--home", str(tmp_path / "home"), "--db", db_url, "contacts", "export"],
                             capture_output=True, text=True, timeout=120)
     assert export.returncode == 0 and len(export.stdout.splitlines()) == 1
+
+
+def test_cli_export_of_one_store_imports_into_another_with_the_same_uids(tmp_path, db_url):
+    smartpush = ["smartpush", "--home", str(tmp_path / "home"), "--db", db_url]
+
+    def run(store, *args):
+        out = subprocess.run([*smartpush, "--store", store, "contacts", *args], capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"email": "a@example.com", "tags": ["t"]}, {"phone": "+447911123456"}, {"uid": "own", "email": "o@example.com"})))
+    run("shop-a", "import", str(src))
+    run("shop-a", "export", "-o", str(tmp_path / "a.jsonl"))
+    first = json.loads(run("shop-b", "import", "--json", str(tmp_path / "a.jsonl")))
+    second = json.loads(run("shop-b", "import", "--json", str(tmp_path / "a.jsonl")))
+    assert (first["created"], first["skipped"]) == (3, 0)
+    assert (second["created"], second["updated"], second["unchanged"]) == (0, 0, 3)
+    assert run("shop-b", "export") == (tmp_path / "a.jsonl").read_text()  # every uid, field and tag
 
 
 @pytest.fixture

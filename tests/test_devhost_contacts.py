@@ -117,6 +117,42 @@ def test_stores_are_isolated(host, store_ids):
         assert ca.get_many(tx, [ua])[ua].email == "same@x.io"
 
 
+def test_the_same_uid_lives_in_two_stores_and_each_store_sees_only_its_own(host, store_ids):
+    """A contact is (store_id, uid): the same uid in two stores names two contacts."""
+    a, b = store_ids(2)
+    ca, cb = host.contacts(a), host.contacts(b)
+    with host.storage.transaction() as tx:
+        assert ca.create_many(tx, [NewContact(email="ann@a.io", name="Ann", properties={"s": "a"})], uids=["u1"]) == ["u1"]
+        assert cb.create_many(tx, [NewContact(phone="+14155550199", name="Bob", properties={"s": "b"})], uids=["u1"]) == ["u1"]
+        ca.add_tags(tx, [("u1", "only_a")])
+        cb.add_tags(tx, [("u1", "only_b")])
+    with host.storage.transaction() as tx:
+        got_a, got_b = ca.get_many(tx, ["u1"])["u1"], cb.get_many(tx, ["u1"])["u1"]
+        assert (got_a.name, got_a.email, got_a.properties) == ("Ann", "ann@a.io", {"s": "a"})
+        assert (got_b.name, got_b.phone, got_b.email, got_b.properties) == ("Bob", "+14155550199", None, {"s": "b"})
+        assert ca.tags_of(tx, ["u1"]) == {"u1": {"only_a"}} and cb.tags_of(tx, ["u1"]) == {"u1": {"only_b"}}
+        assert ca.find_by_phones(tx, ["+14155550199"])["+14155550199"] == []
+        assert cb.find_by_emails(tx, ["ann@a.io"])["ann@a.io"] == []
+        assert [c.name for c in ca.iter_all(tx)] == ["Ann"] and [c.name for c in cb.iter_all(tx)] == ["Bob"]
+        assert ca.existing(tx, ["u1"]) == ["u1"] and cb.existing(tx, ["u2"]) == []
+        # writes through one store never reach the other's contact of the same uid
+        cb.update_many(tx, [Contact(uid="u1", name="Bob 2", email="bob@b.io")])
+        assert cb.remove_tags(tx, [("u1", "only_a")]) == 0
+        cb.rename_tag(tx, "only_b", "renamed")
+        assert ca.delete_tag(tx, "renamed") == 0
+    with host.storage.transaction() as tx:
+        assert ca.get_many(tx, ["u1"])["u1"] == got_a and ca.tags_of(tx, ["u1"]) == {"u1": {"only_a"}}
+        assert cb.get_many(tx, ["u1"])["u1"].name == "Bob 2" and cb.tags_of(tx, ["u1"]) == {"u1": {"renamed"}}
+        assert cb.find_by_emails(tx, ["bob@b.io"])["bob@b.io"] == ["u1"]
+        assert ca.find_by_emails(tx, ["bob@b.io"])["bob@b.io"] == []
+    # one store cannot hold a uid twice
+    with pytest.raises(IntegrityError):
+        with host.storage.transaction() as tx:
+            ca.create_many(tx, [NewContact(email="again@a.io")], uids=["u1"])
+    with host.storage.transaction() as tx:
+        assert ca.count(tx) == 1 and cb.count(tx) == 1
+
+
 def test_rollback_on_error(host, store_ids):
     (store,) = store_ids(1)
     cs = host.contacts(store)

@@ -131,3 +131,27 @@ def test_full_sync_end_to_end(cli_env, tmp_path, account, db_url):
     if not using_postgres():
         raw = open(db_url.removeprefix("sqlite:///"), "rb").read()
         assert DEFAULT_API_KEY.encode() not in raw
+
+
+def test_an_export_imported_into_another_store_keeps_its_uids_through_that_stores_sync(tmp_path, db_url, server):
+    """Store B imports store A's export (same uids), then syncs the same Klaviyo account:
+    B's sync matches every imported contact and maps it, each store keeping its own id map."""
+    from smartpush_devhost.importing import import_contacts
+    from tests.harness import Harness, make_host
+
+    host = make_host(db_url, tmp_path, server, KLAVIYO_RATE_LIMITS="off")
+    try:
+        a, b = (Harness(host=host, server=server, account=None, store=s) for s in ("shop-a", "shop-b"))
+        a.install_and_authorize(DEFAULT_API_KEY)
+        assert a.sync("full").outcome == "completed"
+        in_a = a.export()
+        imported = import_contacts(host.storage, b.ctx.contacts, [json.dumps(r) for r in in_a])
+        assert (imported.created, imported.skipped) == (len(in_a), [])
+        b.install_and_authorize(DEFAULT_API_KEY)
+        assert b.sync("full").outcome == "completed"
+        in_b = b.export()
+        assert {r["uid"]: r["klaviyo_ids"] for r in in_b} == {r["uid"]: r["klaviyo_ids"] for r in in_a}
+        assert in_b == in_a  # nothing created, every field and tag as in A
+        assert a.export() == in_a  # B's sync touched none of A's contacts of the same uids
+    finally:
+        host.close()

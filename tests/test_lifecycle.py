@@ -415,3 +415,32 @@ def test_klaviyo_merges_never_leave_two_contacts_with_one_email_or_phone(h, acco
     report = h.sync("incremental")
     assert report.outcome == "completed", report.message
     assert _shared_with_klaviyo_once(account, h.export()) == {}
+
+
+def test_a_mapped_contact_deleted_from_the_host_comes_back_once_with_its_klaviyo_ids(h):
+    """The platform may delete a contact the sync made. The next sync that reads its
+    profiles makes it again, once, and maps them to it; before #15 the mapping kept the
+    deleted uid, so every run made one more contact with that email and no Klaviyo id."""
+    from sqlalchemy import delete
+
+    from smartpush_devhost.models import contacts_t, tags_t
+
+    h.install_and_authorize(DEFAULT_API_KEY)
+    assert h.sync("full").outcome == "completed"
+    before = h.export()
+    shared = next(c for c in before if len(c["klaviyo_ids"]) > 1 and c["email"])  # two profiles, one email
+    single = next(c for c in before if len(c["klaviyo_ids"]) == 1 and c["email"] and c["tags"])
+    with h.host.storage.transaction() as tx:
+        for table in (tags_t, contacts_t):
+            tx.execute(delete(table).where(table.c.uid.in_([shared["uid"], single["uid"]]) if table is contacts_t
+                                           else table.c.contact_uid.in_([shared["uid"], single["uid"]])))
+    for mode in ("full", "full", "incremental"):
+        assert h.sync(mode).outcome == "completed"
+        contacts = assert_tags_exact(h)
+        assert len(contacts) == len(before)
+        assert not [c["uid"] for c in contacts if not c["klaviyo_ids"]], "a contact without its Klaviyo ids"
+        for gone in (shared, single):
+            holders = [c for c in contacts if (c["email"] or "").lower() == gone["email"].lower()]
+            assert len(holders) == 1, f"{len(holders)} contacts hold the deleted contact's email"
+            assert holders[0]["klaviyo_ids"] == gone["klaviyo_ids"]
+            assert holders[0]["tags"] == gone["tags"]

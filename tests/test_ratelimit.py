@@ -48,7 +48,7 @@ def grant_times(budget, clock, n, jitter=None):
     for _ in range(n):
         if jitter:
             clock.now += rng.random() * jitter
-        assert budget.acquire()
+        assert budget.acquire_ticket()
         times.append(clock.now)
     return times
 
@@ -114,7 +114,7 @@ def test_time_scale_shrinks_windows():
 
 def test_observe_slows_down_when_server_has_less_left():
     budget, clock = make()
-    budget.acquire()
+    budget.acquire_ticket()
     # another integration used most of the steady window: 100 left, resets in 30 s
     budget.observe({"RateLimit-Limit": "750", "RateLimit-Remaining": "100", "RateLimit-Reset": "30"})
     start = clock.now
@@ -138,7 +138,7 @@ def test_observe_with_time_scale_and_window_parameter():
     budget.observe({"RateLimit-Limit": "75, 75;w=1, 750;w=60", "RateLimit-Remaining": "8", "RateLimit-Reset": "1"})
     start = clock.now
     # burst window (w=1): 8 left is exactly the 10 % reserve, so wait for the reset (1 s / 10)
-    assert budget.acquire()
+    assert budget.acquire_ticket()
     assert clock.now == pytest.approx(start + 0.1)
 
 
@@ -153,7 +153,7 @@ def test_penalize_blocks_then_slows_down():
     budget, clock = make()
     start = clock.now
     budget.penalize(5)
-    assert budget.blocked_for() == pytest.approx(5)
+    assert budget.try_acquire() == pytest.approx(5)  # the seconds to wait
     times = grant_times(budget, clock, 200)
     assert times[0] >= start + 5
     # reduced to half the allowance for a steady window
@@ -167,36 +167,36 @@ def test_penalize_retry_after_is_real_seconds_unless_header_scale():
     budget, clock = make(time_scale=10)
     start = clock.now
     budget.penalize(2)  # Klaviyo and the stand-in send real seconds
-    budget.acquire()
+    budget.acquire_ticket()
     assert clock.now == pytest.approx(start + 2)
     clock2 = FakeClock()
     scaled = RateBudget("x", Limit(75, 750), time_scale=10, header_scale=10, clock=clock2, sleep=clock2.sleep)
     start = clock2.now
     scaled.penalize(2)
-    scaled.acquire()
+    scaled.acquire_ticket()
     assert clock2.now == pytest.approx(start + 0.2)
 
 
 def test_acquire_timeout_and_cancel():
     budget, clock = make(limit=Limit(1, 15), margin=1.0)
-    assert budget.acquire()
+    assert budget.acquire_ticket()
     start = clock.now
-    assert budget.acquire(timeout=0.5) is False
+    assert budget.acquire_ticket(timeout=0.5) is None
     assert clock.now == pytest.approx(start + 0.5)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(SyncCancelled):
-        budget.acquire(cancel=cancel)
+        budget.acquire_ticket(cancel=cancel)
 
 
 def test_cancel_wakes_a_real_wait_promptly():
     budget = RateBudget("x", Limit(1, 1), margin=1.0)
-    budget.acquire()
+    budget.acquire_ticket()
     cancel = threading.Event()
     threading.Timer(0.05, cancel.set).start()
     t0 = time.monotonic()
     with pytest.raises(SyncCancelled):
-        budget.acquire(cancel=cancel)
+        budget.acquire_ticket(cancel=cancel)
     assert time.monotonic() - t0 < 1.0
 
 
@@ -214,7 +214,7 @@ def test_threads_share_a_budget_without_exceeding_it():
     def worker():
         try:
             for _ in range(10):
-                budget.acquire()
+                budget.acquire_ticket()
         except Exception as exc:  # pragma: no cover
             errors.append(exc)
 
@@ -243,9 +243,9 @@ def test_registry_creates_budgets_per_template():
     assert unknown.limit.burst <= 3
     # separate endpoints do not share a budget
     for _ in range(67):
-        a.acquire()
+        a.acquire_ticket()
     start = clock.now
-    budgets.get("/api/lists").acquire()
+    budgets.get("/api/lists").acquire_ticket()
     assert clock.now == start
 
 
@@ -254,9 +254,9 @@ def test_disabled_registry_never_waits():
     b = budgets.get("/api/profiles")
     t0 = time.monotonic()
     for _ in range(10_000):
-        b.acquire()
+        b.acquire_ticket()
     b.penalize(100)
-    b.acquire()
+    b.acquire_ticket()
     assert time.monotonic() - t0 < 1.0
 
 
@@ -503,7 +503,7 @@ def test_tickets_and_first_window_figures():
     budget, clock = make()
     assert budget.ticket == 0
     assert [budget.acquire_ticket() for _ in range(3)] == [1, 2, 3]
-    assert budget.acquire() is True and budget.ticket == 4
+    assert budget.acquire_ticket() == 4 and budget.ticket == 4
     assert not budget.server_guided and budget.first_reset is None
     budget.observe({"RateLimit-Limit": "750", "RateLimit-Remaining": "746", "RateLimit-Reset": "20"}, ticket=4)
     first = clock.now

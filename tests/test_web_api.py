@@ -14,6 +14,7 @@ import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 
 from hookspecs import get_plugin_manager
+from hookspecs.interfaces import NewContact
 from smartpush_devhost.web.server import WebServer
 from tests.harness import CLOCK_SCALE, make_host
 
@@ -113,6 +114,20 @@ def test_json_api_runs_the_integration_and_keeps_stores_apart(web):
     # cancel
     cancelled = http.post(f"{base}/cancel", json={"confirm": True}).json()
     assert cancelled["state"] == "pending_integration" and cancelled["has_key"] is False
+
+
+def test_the_same_uid_in_two_stores_shows_each_store_its_own_contact(web):
+    host, http = web
+    for store, email, tag in (("shop-a", "ann@a.example", "kla_list_a"), ("shop-b", "bob@b.example", "kla_list_b")):
+        with host.storage.transaction() as tx:
+            contacts = host.contacts(store)
+            contacts.create_many(tx, [NewContact(email=email, name=store)], uids=["sp_shared"])
+            contacts.add_tags(tx, [("sp_shared", tag)])
+    for store, email, tag, other_tag in (("shop-a", "a***@a.example", "kla_list_a", "kla_list_b"),
+                                         ("shop-b", "b***@b.example", "kla_list_b", "kla_list_a")):
+        (row,) = http.get(f"/api/stores/{store}/contacts").json()["contacts"]
+        assert (row["uid"], row["email"], row["tags"]) == ("sp_shared", email, [tag])
+        assert http.get(f"/api/stores/{store}/contacts", params={"tag": other_tag}).json()["contacts"] == []
 
 
 def test_the_wheel_ships_contract_host_and_plugin_but_not_the_standin(tmp_path):
