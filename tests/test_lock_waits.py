@@ -63,10 +63,19 @@ def test_driver_lock_timeouts_are_recognised_and_nothing_else():
     assert "busy timeout" in str(dbwait.as_busy(wrapped))
 
 
-def test_a_lock_held_past_the_bound_mid_run_fails_the_run_typed_then_it_resumes(h, db_url):
+def test_a_lock_held_past_the_bound_mid_run_fails_the_run_typed_then_it_resumes(h, db_url, monkeypatch):
     h.install_and_authorize(DEFAULT_API_KEY)
     holder = storage_mod.SqlStorage(db_url)  # another worker's connection, default waits
-    held = threading.Event()
+    held, gave_up = threading.Event(), threading.Event()
+    real_as_busy = dbwait.as_busy
+
+    def as_busy(exc):  # the real classification; tells the holder when the run gave up
+        busy = real_as_busy(exc)
+        if busy is not None:
+            gave_up.set()
+        return busy
+
+    monkeypatch.setattr(dbwait, "as_busy", as_busy)
 
     def hold_the_lock_once_writing() -> None:
         deadline = time.monotonic() + 120
@@ -80,7 +89,7 @@ def test_a_lock_held_past_the_bound_mid_run_fails_the_run_typed_then_it_resumes(
             # SQLite: BEGIN IMMEDIATE holds the one write lock. PostgreSQL: the store's row.
             tx.execute(select(integration_t.c.epoch).where(integration_t.c.store_id == h.store).with_for_update())
             held.set()
-            time.sleep(BOUND_MS / 1000 * 1.5)  # past the sync's bound, then let its failure be counted
+            gave_up.wait(60)  # past the sync's bound; then its failure can be counted
 
     thread = threading.Thread(target=hold_the_lock_once_writing)
     thread.start()
