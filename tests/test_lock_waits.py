@@ -131,7 +131,7 @@ def test_a_sync_that_cannot_get_the_lock_at_all_fails_typed_within_the_bound(h, 
 
 
 @pytest.mark.slow
-def test_a_worker_frozen_mid_write_blocks_no_other_store_on_postgresql(h, db_url, tmp_path, server):
+def test_a_worker_frozen_mid_write_blocks_no_other_store_past_the_bound(h, db_url, tmp_path, server):
     """PostgreSQL locks rows of one store: store B syncs to completion while store A's worker
     is frozen inside a write transaction. SQLite has one writer for the whole file: store B's
     sync fails with the typed error after the busy timeout, and completes once A is gone."""
