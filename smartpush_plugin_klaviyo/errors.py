@@ -14,6 +14,9 @@
     │   ├── RevisionUnsupportedError 410, or a 400 refusing the ``revision`` header
     │   └── ForeignURLError          a ``links.next`` pointing outside the configured base URL
     ├── SyncCancelled                the sync was asked to stop (uninstall, host request)
+    │   ├── SyncStopped              the host is shutting down; the next run resumes
+    │   └── LeaseLost                this worker's lease expired and another worker took it
+    ├── DatabaseBusy                 a lock wait ran past the database's bound (transient)
     └── ConfigurationError           the plugin was asked for something it never does
 
 Every message is sanitized: it never contains the API key, email addresses or phone
@@ -39,6 +42,8 @@ __all__ = [
     "PaginationError",
     "RevisionUnsupportedError",
     "SyncCancelled",
+    "LeaseLost",
+    "DatabaseBusy",
     "ConfigurationError",
     "sanitize",
     "MAX_DETAIL_CHARS",
@@ -101,6 +106,13 @@ class SyncStopped(SyncCancelled):
 class LeaseLost(SyncCancelled):
     """This worker no longer holds the store's sync lease (it expired and another worker took
     it): the write transaction that noticed is rolled back and the run stops, writing nothing."""
+
+
+class DatabaseBusy(KlaviyoPluginError):
+    """A statement waited for a lock longer than the database allows (SQLite's busy timeout,
+    PostgreSQL's ``lock_timeout``): another transaction, maybe a frozen worker's, holds it.
+    Transient: the run fails, is counted as a failed attempt, and resumes from its
+    checkpoint next time. The message names the database and never a value."""
 
 
 class ConfigurationError(KlaviyoPluginError):

@@ -5,6 +5,11 @@ UPDATE (or INSERT), atomic on SQLite and PostgreSQL alike; the holder renews it
 while it works, and a crashed worker's lease simply expires. An owner id names its
 host and process, so a worker on the same host can take over at once from a process
 that no longer exists (a ``kill -9``) instead of waiting for the expiry.
+
+The duration is the host setting ``KLAVIYO_LEASE_SECONDS`` (default 60,
+:attr:`SyncOptions.lease_seconds <smartpush_plugin_klaviyo.sync.SyncOptions.lease_seconds>`);
+the holder renews it every third of that (:func:`renew_interval`), so two renewals
+may fail before it expires.
 """
 
 from __future__ import annotations
@@ -17,11 +22,26 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from smartpush_plugin_klaviyo.dbwait import end_frozen_transactions, mark_session
 from smartpush_plugin_klaviyo.errors import LeaseLost
 from smartpush_plugin_klaviyo.state import lease_t
-from smartpush_plugin_klaviyo.timeutil import utcnow
+from smartpush_plugin_klaviyo.timeutil import to_utc, utcnow
 
-LEASE_TTL = timedelta(seconds=60)
+DEFAULT_LEASE_SECONDS = 60
+MIN_LEASE_SECONDS = 3
+"""Shorter leases leave the holder's renewals (every third, checked every half second)
+no slack."""
+LEASE_TTL = timedelta(seconds=DEFAULT_LEASE_SECONDS)
+
+
+def duration(seconds: float | timedelta) -> timedelta:
+    """A lease duration as a ``timedelta`` (seconds are accepted as is)."""
+    return seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+
+
+def renew_interval(seconds: float | timedelta) -> float:
+    """Seconds between the holder's renewals of a lease of this duration: a third of it."""
+    return duration(seconds).total_seconds() / 3
 
 
 def new_owner_id() -> str:
@@ -92,9 +112,16 @@ def _dead_local_owner(owner: str) -> bool:
     return start is not None and started != start
 
 
-def acquire(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
-    """Take or renew the lease; ``False`` when another live owner holds it."""
-    now = utcnow()
+def acquire(storage, store_id: str, owner: str, ttl: float | timedelta = LEASE_TTL) -> bool:
+    """Take or renew the lease for ``ttl`` (seconds or a timedelta); ``False`` when another
+    live owner holds it."""
+    now, ttl = utcnow(), duration(ttl)
+    with storage.transaction(readonly=True) as tx:
+        row = tx.execute(select(lease_t.c.owner, lease_t.c.expires_at).where(lease_t.c.store_id == store_id)).first()
+    if row is not None and row.owner != owner and to_utc(row.expires_at) < now:
+        # Its holder let it expire: if it froze inside a write transaction, end that first
+        # (PostgreSQL), or the update below waits on its row lock.
+        end_frozen_transactions(storage, store_id)
     with storage.transaction() as tx:
         held = tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == store_id)).scalar_one_or_none()
         takeover = held is not None and held != owner and _dead_local_owner(held)
@@ -116,10 +143,11 @@ def acquire(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> b
         return False
 
 
-def renew(storage, store_id: str, owner: str, ttl: timedelta = LEASE_TTL) -> bool:
-    """Extend the lease; ``False`` when it was lost (expired and taken by another)."""
-    now = utcnow()
+def renew(storage, store_id: str, owner: str, ttl: float | timedelta = LEASE_TTL) -> bool:
+    """Extend the lease by ``ttl``; ``False`` when it was lost (expired and taken by another)."""
+    now, ttl = utcnow(), duration(ttl)
     with storage.transaction() as tx:
+        mark_session(tx, store_id)  # frozen mid-renewal, it is ended like a frozen write
         result = tx.execute(
             update(lease_t)
             .where(and_(lease_t.c.store_id == store_id, lease_t.c.owner == owner))
@@ -140,7 +168,13 @@ def fence(tx, store_id: str, owner: str) -> None:
     together or not at all. The lease row is read ``FOR SHARE`` (PostgreSQL) so a takeover
     cannot commit between this check and the commit; SQLite write transactions are already
     serialized (``BEGIN IMMEDIATE``).
+
+    On PostgreSQL the transaction's session is named after the store
+    (:func:`~smartpush_plugin_klaviyo.dbwait.mark_session`): should this worker freeze inside
+    it, the worker that takes the lease over ends it (:func:`acquire`) instead of waiting
+    on its row locks.
     """
+    mark_session(tx, store_id)
     held = tx.execute(
         select(lease_t.c.owner).where(lease_t.c.store_id == store_id).with_for_update(read=True)
     ).first()

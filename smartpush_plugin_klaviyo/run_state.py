@@ -79,7 +79,7 @@ class RunState:
     # ------------------------------------------------------------ integration
     def integration(self):
         """The integration row; remembers its epoch (a Cancel Integration moves it)."""
-        with self.storage.transaction() as tx:
+        with self.storage.transaction(readonly=True) as tx:
             row = tx.execute(select(integration_t).where(integration_t.c.store_id == self.store_id)).first()
         self.epoch = row.epoch
         return row
@@ -88,16 +88,18 @@ class RunState:
         """Inside a write transaction: raise :class:`SyncCancelled` if the integration was
         cancelled since the run started, :class:`LeaseLost` if another worker took the
         store's lease (after calling ``on_lost``)."""
-        # FOR UPDATE (PostgreSQL): an uninstall either commits before this write or waits for it.
-        row = tx.execute(
-            select(integration_t.c.epoch, integration_t.c.installed)
-            .where(integration_t.c.store_id == self.store_id)
-            .with_for_update()
-        ).first()
         try:
+            # The lease first: on PostgreSQL it names the session before this transaction
+            # takes a row lock, so a successor can end it should this worker freeze.
+            lease.fence(tx, self.store_id, self.lease_owner)
+            # FOR UPDATE (PostgreSQL): an uninstall either commits before this write or waits for it.
+            row = tx.execute(
+                select(integration_t.c.epoch, integration_t.c.installed)
+                .where(integration_t.c.store_id == self.store_id)
+                .with_for_update()
+            ).first()
             if row is None or not row.installed or row.epoch != self.epoch:
                 raise SyncCancelled("the integration was cancelled")
-            lease.fence(tx, self.store_id, self.lease_owner)
         except (SyncCancelled, LeaseLost) as exc:
             if self.on_lost is not None:
                 self.on_lost(exc)
@@ -114,7 +116,7 @@ class RunState:
     # ------------------------------------------------------------ run records
     def unfinished_run(self, run_id: str) -> dict | None:
         """The run ``run_id`` if it has not finished (a crash or a stop left it to resume)."""
-        with self.storage.transaction() as tx:
+        with self.storage.transaction(readonly=True) as tx:
             row = tx.execute(select(run_t).where(and_(run_t.c.store_id == self.store_id, run_t.c.run_id == run_id))).first()
         return dict(row._mapping) if row is not None and row.finished_at is None else None
 
@@ -143,6 +145,7 @@ class RunState:
     def save_progress(self, record: dict) -> None:
         """Where the run is (:class:`hookspecs.types.SyncProgress` fields), for the status."""
         with self.storage.transaction() as tx:
+            self.verify(tx)  # fenced like every write: a worker that lost its lease reports nothing
             tx.execute(
                 update(integration_t)
                 .where(and_(integration_t.c.store_id == self.store_id, integration_t.c.current_run_id == self.run_id))

@@ -18,12 +18,13 @@ from hookspecs.types import (
     PauseReason,
     SyncReport,
 )
-from smartpush_plugin_klaviyo import lease, run_state, status
+from smartpush_plugin_klaviyo import dbwait, lease, run_state, status
 from smartpush_plugin_klaviyo.client import REVISION, KlaviyoClient
 from smartpush_plugin_klaviyo.errors import (
     InvalidKeyError,
     KlaviyoAPIError,
     KlaviyoPluginError,
+    LeaseLost,
     MissingScopeError,
     RevisionUnsupportedError,
     SyncCancelled,
@@ -136,6 +137,7 @@ _INT_SETTINGS = (  # host setting, SyncOptions field, smallest value allowed
     ("KLAVIYO_SWEEP_RUNS", "sweep_runs", 1),
     ("KLAVIYO_SPOOL_MEMORY_PAGES", "spool_memory_pages", 1),
     ("KLAVIYO_SPOOL_TO_DISK", "spool_to_disk", 0),
+    ("KLAVIYO_LEASE_SECONDS", "lease_seconds", lease.MIN_LEASE_SECONDS),
 )
 
 
@@ -143,7 +145,8 @@ def options_from_settings(settings) -> SyncOptions:
     """Default options, with the host's ``KLAVIYO_MAP_PROCESSES`` (helper processes for
     profile pages; ``0``: none), ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they
     start), ``KLAVIYO_MEMBERS_PER_SLICE`` and ``KLAVIYO_RESCAN_EVERY_RUNS`` (membership
-    scans, see :class:`SyncOptions`) when set."""
+    scans, see :class:`SyncOptions`), ``KLAVIYO_LEASE_SECONDS`` (the store's lease, at
+    least 3) when set."""
     options = SyncOptions()
     for name, attr, least in _INT_SETTINGS:
         value = settings.get(name)
@@ -153,18 +156,34 @@ def options_from_settings(settings) -> SyncOptions:
 
 
 def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> SyncReport:
-    """Run one sync: checks installation, key, plan and the lease, then runs or resumes."""
-    options = options or options_from_settings(ctx.settings or {})
-    if options.stop_event is None:
-        options.stop_event = ctx.stop_requested
+    """Run one sync: checks installation, key, plan and the lease, then runs or resumes.
+
+    A lock wait past the database's bound (:class:`~smartpush_plugin_klaviyo.errors.DatabaseBusy`)
+    fails the run, never raises: counted as a failed attempt when the database lets it be
+    written, and the next run resumes from the checkpoints.
+    """
     started = utcnow()
 
     def report(outcome: str, message: str) -> SyncReport:
         return SyncReport(integration=INTEGRATION, store_id=ctx.store_id, mode=mode, outcome=outcome,
                           message=message, started_at=started, finished_at=utcnow())
 
+    try:
+        return _sync(ctx, mode, options, started, report)
+    except Exception as exc:
+        busy = dbwait.as_busy(exc)
+        if busy is None:
+            raise
+        log.warning("store %s: sync failed: %s", ctx.store_id, busy)
+        return report("failed", f"Sync failed ({busy}).")
+
+
+def _sync(ctx: HostContext, mode: str, options: SyncOptions | None, started, report) -> SyncReport:
+    options = options or options_from_settings(ctx.settings or {})
+    if options.stop_event is None:
+        options.stop_event = ctx.stop_requested
     create_tables(ctx.storage.engine)
-    with ctx.storage.transaction() as tx:
+    with ctx.storage.transaction(readonly=True) as tx:
         row = status.load(tx, ctx.store_id)
     if row is None or not row.installed:
         return report("not_installed", "The Klaviyo integration is not installed in this store.")
@@ -178,7 +197,7 @@ def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> Syn
         PauseReason.KEY_INVALID.value, PauseReason.MISSING_SCOPE.value,
     ):
         return report("paused", f"Sync paused ({row.pause_reason}): replace the Klaviyo key to resume.")
-    if not lease.acquire(ctx.storage, ctx.store_id, options.lease_owner):
+    if not lease.acquire(ctx.storage, ctx.store_id, options.lease_owner, options.lease_seconds):
         return report("already_running", "Another worker is syncing this store.")
     try:
         with ctx.storage.transaction() as tx:
@@ -202,17 +221,23 @@ def sync(ctx: HostContext, mode: str, options: SyncOptions | None = None) -> Syn
             except SyncCancelled as exc:
                 return run.report("cancelled", started, False, str(exc))
             except Exception as exc:  # noqa: BLE001 - every other failure counts towards a pause
-                return _sync_failed(ctx, run, started, exc)
+                return _sync_failed(ctx, run, started, dbwait.as_busy(exc) or exc, options.lease_owner)
     finally:
         lease.release(ctx.storage, ctx.store_id, options.lease_owner)
 
 
-def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception) -> SyncReport:
+def _sync_failed(ctx: HostContext, run: SyncRun, started, exc: Exception, owner: str) -> SyncReport:
     kind = exc.__class__.__name__
+    try:
+        with ctx.storage.transaction() as tx:
+            # A worker that lost its lease (e.g. frozen, then its PostgreSQL session ended)
+            # counts nothing: the store is another worker's now.
+            lease.fence(tx, ctx.store_id, owner)
+            errors = status.count_failure(tx, ctx.store_id)
+    except LeaseLost as lost:
+        return run.report("cancelled", started, False, str(lost))
     log.warning("store %s: sync failed (%s); it will resume from its checkpoint", ctx.store_id, kind,
                 exc_info=not isinstance(exc, KlaviyoPluginError))
-    with ctx.storage.transaction() as tx:
-        errors = status.count_failure(tx, ctx.store_id)
     detail = str(exc) if isinstance(exc, KlaviyoPluginError) else kind
     if errors >= MAX_CONSECUTIVE_ERRORS:
         status.pause(ctx, PauseReason.SYNC_ERROR, f"{errors} consecutive failed syncs; last: {detail}"[:500])

@@ -124,6 +124,9 @@ class SyncOptions:
     """Profiles decoded in the fetch threads before the helper processes start (a small
     run never pays their start-up)."""
     lease_owner: str = field(default_factory=lease.new_owner_id)
+    lease_seconds: int = lease.DEFAULT_LEASE_SECONDS
+    """How long the store's lease lasts unrenewed (renewed every third of it): a worker
+    frozen this long loses the store to another one, and writes nothing after."""
     stop_event: threading.Event | None = None
     """Set by the host to stop a run early (the run stays resumable)."""
 
@@ -833,8 +836,8 @@ class SyncRun:
                 if self.options.stop_event is not None and self.options.stop_event.is_set():
                     self._abort(SyncStopped("the host asked the sync to stop; the next run resumes from its checkpoint"))
                     return
-                if time.monotonic() - last_renew > 15:
-                    if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner):
+                if time.monotonic() - last_renew > lease.renew_interval(self.options.lease_seconds):
+                    if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner, self.options.lease_seconds):
                         self._abort(LeaseLost("this worker lost the sync lease to another worker"))
                         return
                     last_renew = time.monotonic()

@@ -246,3 +246,20 @@ def pii_needles(profiles, min_len: int = 8) -> set[str]:
         if e164:
             out.update({e164, e164[1:]})
     return {n for n in out if len(n) >= min_len}
+
+
+def assert_exact_import(account, contacts) -> None:
+    """``contacts`` (an export) hold exactly the stand-in's data: every importable profile
+    once, no two contacts with one email, every contact's tags exactly its groups'."""
+    kids = [k for c in contacts for k in c["klaviyo_ids"]]
+    assert len(kids) == len(set(kids)), "a Klaviyo profile mapped twice"
+    importable = {p["id"] for p in account.iter_profiles() if valid_email(p["attributes"].get("email"))}
+    assert importable <= set(kids), f"{len(importable - set(kids))} importable profiles lost"
+    emails = [c["email"].strip().lower() for c in contacts if c["email"]]
+    assert len(emails) == len(set(emails)), "two contacts with the same email"
+    expected = expected_profile_tags(account)
+    for c in contacts:
+        want = set()
+        for kid in c["klaviyo_ids"]:
+            want |= expected.get(kid, set())
+        assert set(c["tags"]) == want

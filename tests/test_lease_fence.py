@@ -85,23 +85,56 @@ def test_a_sync_whose_lease_is_taken_over_mid_run_writes_nothing_after(h):
     assert _audit(h)[1] < 3000
 
 
-def test_lock_waits_are_bounded_on_postgresql(db_url, h, monkeypatch):
-    """A transaction left open by a frozen worker makes others fail after the lock timeout."""
+def test_a_taker_ends_the_transaction_a_frozen_holder_left_open_on_postgresql(db_url, h):
+    """A holder frozen inside a fenced transaction keeps its row locks; the worker taking its
+    expired lease over ends that transaction instead of waiting on them, and nothing of it
+    commits. (Waits that stay bounded by lock_timeout: tests/test_lock_waits.py.)"""
     if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite's bound is its busy timeout")
-    from sqlalchemy.exc import OperationalError
+        pytest.skip("SQLite's one writer cannot be ended from outside (README, reliability)")
+    from sqlalchemy.exc import DBAPIError
 
     from smartpush_devhost import storage as storage_mod
 
-    monkeypatch.setattr(storage_mod, "POSTGRES_LOCK_TIMEOUT_MS", 300)
-    frozen, waiting = storage_mod.SqlStorage(db_url), storage_mod.SqlStorage(db_url)
+    frozen, taker = storage_mod.SqlStorage(db_url), storage_mod.SqlStorage(db_url)
     h.install_and_authorize(DEFAULT_API_KEY)  # creates the plugin's tables
     lease.acquire(frozen, "shop", "frozen-worker", ttl=timedelta(seconds=-1))  # expired: others may take it
-    with frozen.transaction() as tx:
-        lease.fence(tx, "shop", "frozen-worker")  # holds the lease row until this block ends
-        started = time.monotonic()
-        with pytest.raises(OperationalError, match="lock timeout"):
-            lease.acquire(waiting, "shop", "other-worker")
-        assert time.monotonic() - started < 5
+    with pytest.raises(DBAPIError):
+        with frozen.transaction() as tx:
+            lease.fence(tx, "shop", "frozen-worker")
+            tx.execute(update(lease_t).where(lease_t.c.store_id == "shop").values(owner="frozen-wrote-this"))
+            started = time.monotonic()
+            assert lease.acquire(taker, "shop", "other-worker")  # the row lock did not hold it up
+            assert time.monotonic() - started < 5
+            tx.execute(select(1))  # the frozen worker wakes: its session is gone
+    with taker.transaction(readonly=True) as tx:
+        assert tx.execute(select(lease_t.c.owner).where(lease_t.c.store_id == "shop")).scalar_one() == "other-worker"
     frozen.engine.dispose()
-    waiting.engine.dispose()
+    taker.engine.dispose()
+
+def test_the_lease_duration_is_a_host_setting_renewed_every_third():
+    from smartpush_plugin_klaviyo.service import options_from_settings
+
+    assert options_from_settings({}).lease_seconds == 60
+    assert options_from_settings({"KLAVIYO_LEASE_SECONDS": "9"}).lease_seconds == 9
+    assert options_from_settings({"KLAVIYO_LEASE_SECONDS": "1"}).lease_seconds == lease.MIN_LEASE_SECONDS
+    assert lease.renew_interval(60) == 20 and lease.renew_interval(timedelta(seconds=9)) == 3
+
+
+def test_a_sync_takes_the_lease_for_the_configured_duration(h, monkeypatch):
+    from smartpush_plugin_klaviyo.timeutil import to_utc, utcnow
+
+    h.install_and_authorize(DEFAULT_API_KEY)
+    h.host.settings["KLAVIYO_LEASE_SECONDS"] = "7"
+    taken = []
+    real_acquire = lease.acquire
+
+    def acquire(storage, store_id, owner, ttl=lease.LEASE_TTL):
+        ok = real_acquire(storage, store_id, owner, ttl)
+        with storage.transaction(readonly=True) as tx:
+            taken.append(to_utc(tx.execute(select(lease_t.c.expires_at)).scalar_one()))
+        return ok
+
+    monkeypatch.setattr(lease, "acquire", acquire)
+    before = utcnow()
+    assert h.sync("full").outcome == "completed"
+    assert 6 <= (taken[0] - before).total_seconds() <= 8
