@@ -177,6 +177,15 @@ def _completed(host, store) -> int:
         ).scalar_one()
 
 
+def _one_store(tmp_path, db_url, server, account, queue_url, **env_extra):
+    """Store ``shop`` installed and authorized, a host on the queue, and the CLI's environment."""
+    env = {**cli_environment(tmp_path, db_url, server), "SMARTPUSH_QUEUE_URL": queue_url, **env_extra}
+    host = make_host(db_url, tmp_path, server, SMARTPUSH_QUEUE_URL=queue_url)
+    h = Harness(host=host, server=server, account=account, store="shop")
+    h.install_and_authorize(DEFAULT_API_KEY)
+    return env, host, h
+
+
 def _contacts(host, store) -> int:
     with host.storage.transaction(readonly=True) as tx:
         return host.context(store).contacts.count(tx)
@@ -254,11 +263,8 @@ def test_cancel_integration_stops_the_running_job_and_nothing_runs_again(tmp_pat
     queue_url = f"sqlite:///{tmp_path / 'home' / 'queue.db'}"
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
                        latency=0.1, rate_limits=False) as server:
-        env = {**cli_environment(tmp_path, db_url, server), "SMARTPUSH_QUEUE_URL": queue_url,
-               "SMARTPUSH_JOB_CLAIM_SECONDS": str(CLAIM_SECONDS)}
-        host = make_host(db_url, tmp_path, server, SMARTPUSH_QUEUE_URL=queue_url)
-        h = Harness(host=host, server=server, account=account, store="shop")
-        h.install_and_authorize(DEFAULT_API_KEY)
+        env, host, h = _one_store(tmp_path, db_url, server, account, queue_url,
+                                  SMARTPUSH_JOB_CLAIM_SECONDS=str(CLAIM_SECONDS))
         worker = _worker(env)
         try:
             deadline = time.monotonic() + 60
@@ -288,10 +294,7 @@ def test_a_signalled_worker_gives_its_running_job_back_and_another_worker_resume
     queue_url = f"sqlite:///{tmp_path / 'home' / 'queue.db'}"
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
                        latency=0.1, rate_limits=False) as server:
-        env = {**cli_environment(tmp_path, db_url, server), "SMARTPUSH_QUEUE_URL": queue_url}
-        host = make_host(db_url, tmp_path, server, SMARTPUSH_QUEUE_URL=queue_url)
-        h = Harness(host=host, server=server, account=account, store="shop")
-        h.install_and_authorize(DEFAULT_API_KEY)
+        env, host, h = _one_store(tmp_path, db_url, server, account, queue_url)
         first = _worker(env)
         try:
             deadline = time.monotonic() + 60
