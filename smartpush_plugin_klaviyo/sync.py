@@ -827,14 +827,20 @@ class SyncRun:
 
     def _watch(self) -> None:
         """Renew the lease and notice cancellation while the run works."""
-        last_renew = time.monotonic()
-        while not self.finished.wait(0.5):
+        last_renew = last_check = time.monotonic()
+        stop_event = self.options.stop_event
+        while not self.finished.wait(0.05):
+            # The host's stop is looked at every 50 ms, before any database read (which may
+            # wait for a lock): a Ctrl-C stops the run at once, at its next checkpoint.
+            if stop_event is not None and stop_event.is_set():
+                self._abort(SyncStopped("the host asked the sync to stop; the next run resumes from its checkpoint"))
+                return
+            if time.monotonic() - last_check < 0.5:
+                continue
+            last_check = time.monotonic()
             try:
                 if self.state.cancelled():
                     self._abort(SyncCancelled("the integration was cancelled"))
-                    return
-                if self.options.stop_event is not None and self.options.stop_event.is_set():
-                    self._abort(SyncStopped("the host asked the sync to stop; the next run resumes from its checkpoint"))
                     return
                 if time.monotonic() - last_renew > lease.renew_interval(self.options.lease_seconds):
                     if not lease.renew(self.ctx.storage, self.store_id, self.options.lease_owner, self.options.lease_seconds):
