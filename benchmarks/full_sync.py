@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="host setting KLAVIYO_MAP_PROCESSES: helper processes for profile pages (0: none)")
     p.add_argument("--profile-windows", type=int, default=None, help="SyncOptions.profile_windows")
     p.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
-                   help="a host setting for the plugin, e.g. KLAVIYO_SPOOL_TO_DISK=1 (repeatable)")
+                   help="a host setting for the plugin, e.g. KLAVIYO_SPOOL_MEMORY_PAGES=16 (repeatable)")
     p.add_argument("--db", default=None, help="SQLAlchemy URL (default: a fresh SQLite file in a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir")
     p.add_argument("--incremental-after", type=float, default=None, metavar="PERCENT",

@@ -136,7 +136,6 @@ _INT_SETTINGS = (  # host setting, SyncOptions field, smallest value allowed
     ("KLAVIYO_COUNT_CHECKS_PER_RUN", "count_checks_per_run", 0),
     ("KLAVIYO_SWEEP_RUNS", "sweep_runs", 1),
     ("KLAVIYO_SPOOL_MEMORY_PAGES", "spool_memory_pages", 1),
-    ("KLAVIYO_SPOOL_TO_DISK", "spool_to_disk", 0),
     ("KLAVIYO_LEASE_SECONDS", "lease_seconds", lease.MIN_LEASE_SECONDS),
 )
 

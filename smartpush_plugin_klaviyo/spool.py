@@ -2,14 +2,14 @@
 
 A run's fetchers read Klaviyo as fast as the rate budgets allow; the writer (the one
 serial stage) applies what they read in the order it was queued. The :class:`Spool`
-between them holds up to ``memory_pages`` page messages in memory (control messages never
-wait). Beyond that, by default, a fetcher waits for room: the writer sets the pace and
-memory stays flat. With ``spill=True`` the pages beyond are pickled to an unnamed
-temporary file and read back in turn, so a fetcher never waits for the writer; measured
+between them holds up to ``memory_pages`` page messages; while it is full a fetcher waits
+(the writer sets the pace, memory stays flat; control messages never wait). Spilling the
+pages beyond to a temporary file, so that fetchers never wait, was built and measured
 slower on a 2-core machine (the work left when Klaviyo's last window opens is the
 writer's whatever arrived early, and pickling costs ~2 ms a page of the same CPU: see the
-README), it stays a setting (``KLAVIYO_SPOOL_TO_DISK``). A crash loses only the spool:
-checkpoints move when the writer applies a page, so the next run fetches those pages again.
+README); it would also have put mapped profiles unencrypted on disk, so it was removed.
+A crash loses only the spool: checkpoints move when the writer applies a page, so the
+next run fetches those pages again.
 
 Messages (one class per kind, dispatched by type, never by a string):
 
@@ -25,9 +25,6 @@ Messages (one class per kind, dispatched by type, never by a string):
 from __future__ import annotations
 
 import collections
-import os
-import pickle
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Union
@@ -108,75 +105,43 @@ Message = Union[PageRead, StreamEnded, StreamsPlanned, JoinsRead, GroupChecked, 
 
 
 class SpoolClosed(Exception):
-    """The spool was closed (the run is over)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _OnDisk:
-    offset: int
-    size: int
+    """The spool was closed, or the run is stopping (a waiting fetcher gives up)."""
 
 
 class Spool:
-    """A FIFO of :data:`Message` that never blocks :meth:`put` on the reader.
+    """A bounded FIFO of :data:`Message`: at most ``memory_pages`` page messages.
 
-    :param memory_pages: page messages held in memory at most.
-    :param spill: later pages are spilled to a temporary file (deleted on :meth:`close`,
-        and by the OS if the process dies); ``False``: :meth:`put` of a page waits while
-        the memory share is full (until ``stop`` is set: then it raises :class:`SpoolClosed`).
+    :meth:`put` of a page waits while that many are queued (the writer sets the pace;
+    control messages never wait), until ``stop`` is set: then it raises
+    :class:`SpoolClosed`, as it does once the spool is closed.
     """
 
-    def __init__(self, memory_pages: int = 64, *, spill: bool = False, stop: threading.Event | None = None):
+    def __init__(self, memory_pages: int = 64, *, stop: threading.Event | None = None):
         self.memory_pages = max(1, memory_pages)
-        self.spill = spill
         self._stop = stop
         self._items: collections.deque = collections.deque()
-        self._in_memory = 0
-        self._on_disk = 0
+        self._pages = 0
         self._cond = threading.Condition()
-        self._file = None
-        self._write_at = 0
         self._closed = False
-        self.spilled = 0
-        """Page messages written to disk so far (diagnostics)."""
-        self.peak_spilled_bytes = 0
 
     def put(self, message: Message) -> None:
-        """Queue ``message`` (never waits for the reader)."""
-        if isinstance(message, PageRead):
-            with self._cond:
-                if not self.spill:
-                    # the writer sets the pace: wait for room (control messages never wait)
-                    while self._in_memory >= self.memory_pages and not self._closed:
-                        if self._stop is not None and self._stop.is_set():
-                            raise SpoolClosed()
-                        self._cond.wait(0.2)
-                spill = self.spill and self._in_memory >= self.memory_pages
-            if spill:
-                # Pickled outside the lock, so neither the reader nor other fetchers wait
-                # for it. Order holds: a fetcher
-                # puts its own messages one after another.
-                data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-                with self._cond:
-                    if self._closed:
-                        raise SpoolClosed()
-                    self._items.append(self._write(data))
-                    self._cond.notify_all()
-                return
+        """Queue ``message``; a page waits for room."""
+        page = isinstance(message, PageRead)
         with self._cond:
+            while page and self._pages >= self.memory_pages and not self._closed:
+                if self._stop is not None and self._stop.is_set():
+                    raise SpoolClosed()
+                self._cond.wait(0.2)
             if self._closed:
                 raise SpoolClosed()
-            if isinstance(message, PageRead):
-                self._in_memory += 1
+            self._pages += page
             self._items.append(message)
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The oldest message, waiting up to ``timeout`` seconds; ``None`` if none came."""
         with self._cond:
-            if not self._items and not self._cond.wait_for(lambda: self._items or self._closed, timeout):
-                return None
-            if not self._items:
+            if not self._cond.wait_for(lambda: self._items or self._closed, timeout) or not self._items:
                 return None
             return self._take()
 
@@ -196,46 +161,20 @@ class Spool:
         """Drop every queued message (a failing run writes nothing more)."""
         with self._cond:
             self._items.clear()
-            self._in_memory = self._on_disk = 0
-            self._reset_file()
+            self._pages = 0
             self._cond.notify_all()
 
     def close(self) -> None:
-        """Drop what is queued, delete the file; later puts raise :class:`SpoolClosed`."""
+        """Drop what is queued; later puts raise :class:`SpoolClosed`."""
         with self._cond:
             self._closed = True
             self._items.clear()
-            self._in_memory = self._on_disk = 0
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._pages = 0
             self._cond.notify_all()
 
-    # ----------------------------------------------------------- private
-    def _write(self, data: bytes) -> _OnDisk:
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="smartpush-spool-")
-        os.pwrite(self._file.fileno(), data, self._write_at)
-        ref = _OnDisk(self._write_at, len(data))
-        self._write_at += len(data)
-        self._on_disk += 1
-        self.peak_spilled_bytes = max(self.peak_spilled_bytes, self._write_at)
-        self.spilled += 1
-        return ref
-
-    def _take(self) -> Any:
+    def _take(self) -> Message:
         item = self._items.popleft()
-        if isinstance(item, _OnDisk):
-            item = pickle.loads(os.pread(self._file.fileno(), item.size, item.offset))
-            self._on_disk -= 1
-            if not self._on_disk:
-                self._reset_file()  # nothing left on disk: reuse the file from its start
-        elif isinstance(item, PageRead):
-            self._in_memory -= 1
+        if isinstance(item, PageRead):
+            self._pages -= 1
             self._cond.notify_all()  # a fetcher may wait for room
         return item
-
-    def _reset_file(self) -> None:
-        if self._file is not None and self._write_at:
-            self._file.truncate(0)
-        self._write_at = 0

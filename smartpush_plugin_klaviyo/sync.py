@@ -111,11 +111,6 @@ class SyncOptions:
     changes that did not move ``updated`` arrive, within this many runs."""
     spool_memory_pages: int = 64
     """Pages held in memory between the fetchers and the writer (see :mod:`.spool`)."""
-    spool_to_disk: int = 0
-    """``1``: pages beyond ``spool_memory_pages`` are spilled to a temporary file and the
-    fetchers never wait for the writer; ``0``: a fetcher waits while the memory share is
-    full (the writer sets the pace; see the README's throughput notes for why this is
-    the default)."""
     map_processes: int | None = None
     """Helper processes that decode and map profile pages in a large run, so the writer
     has the interpreter to itself; ``None``: one fewer than the CPUs, at most two; ``0``:
@@ -188,7 +183,7 @@ class SyncRun:
         self.stop = threading.Event()
         self.finished = threading.Event()
         self.errors: list[BaseException] = []
-        self.spool = Spool(options.spool_memory_pages, spill=bool(options.spool_to_disk), stop=self.stop)
+        self.spool = Spool(options.spool_memory_pages, stop=self.stop)
         self.outstanding = 0
         self.outstanding_lock = threading.Lock()
         self.counters = RunCounters()
@@ -300,7 +295,7 @@ class SyncRun:
     def _sync_groups(self) -> None:
         found = list(groups_mod.fetch_groups(self.client))
         with self.ctx.storage.transaction() as tx:
-            self._check_epoch(tx)
+            self.state.verify(tx)
             counts = groups_mod.apply_groups(tx, self.writer, found)
             for key, value in counts.items():
                 self.counters.counts[key] = value
@@ -351,7 +346,7 @@ class SyncRun:
             if new_rows or finished:
                 # Applied here, before any fetcher starts: nothing else writes yet.
                 with self.ctx.storage.transaction() as tx:
-                    self._check_epoch(tx)
+                    self.state.verify(tx)
                     if new_rows:
                         self.state.add_streams(tx, new_rows)
                     for group_id in finished:
@@ -450,7 +445,7 @@ class SyncRun:
                 continue  # drain: the run is failing, do not write more
             if batch:
                 with self.ctx.storage.transaction() as tx:
-                    self._check_epoch(tx)
+                    self.state.verify(tx)
                     for message in batch:
                         self._apply(tx, message)
             if barrier is not None:
@@ -788,7 +783,7 @@ class SyncRun:
                         alive[r.get("id")] = r  # a restarted read repeats pages: by id
             gone = [k for k in chunk if k not in alive]
             with self.ctx.storage.transaction() as tx:
-                self._check_epoch(tx)
+                self.state.verify(tx)
                 if alive:
                     self.writer.write_profiles(tx, list(alive.values()))
                 if gone:
@@ -800,10 +795,6 @@ class SyncRun:
         self.state.finish(self.mode, run["klaviyo_start"], report.model_dump_json(), dict(self.counters.counts))
 
     # ------------------------------------------------------------ helpers
-    def _check_epoch(self, tx) -> None:
-        """Not cancelled, lease still ours: else the transaction commits nothing."""
-        self.state.verify(tx)
-
     def progress_record(self) -> dict:
         """Where this run is, as :class:`hookspecs.types.SyncProgress` fields."""
         phase = getattr(self, "phase", "starting")
