@@ -123,7 +123,8 @@ class _Rendered:
     """The SQL of an InListStatement for one dialect and list length, and how to bind it.
 
     ``head`` and ``tail``: the parameters placed before and after the IN values, each
-    ``(placeholder, param key, required, constant, processor)``; a bind that is not
+    ``(name, required, constant, processor)`` (the placeholder is the name: bind names
+    are plain identifiers, never escaped); a bind that is not
     ``required`` carries its own value (``constant``), which the params may override,
     as with ``Connection.execute``. ``names``: the placeholders of the IN values for
     named paramstyles (``None`` for positional ones).
@@ -140,7 +141,7 @@ class _Rendered:
 
 
 def _bound(slot: tuple, params: Mapping[str, Any]) -> Any:
-    _placeholder, key, required, const, proc = slot
+    key, required, const, proc = slot
     value = params[key] if required else params.get(key, const)
     return value if proc is None else proc(value)
 
@@ -233,7 +234,7 @@ class InListStatement:
         def slot(name: str) -> tuple:
             bind = binds.get(name)
             required = bind is not None and bind.required
-            return (name, name, required, None if required else state.parameters[name], processor(name))
+            return (name, required, None if required else state.parameters[name], processor(name))
 
         value_processor = processor(self.expanding)
         if dialect.positional:

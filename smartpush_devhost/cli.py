@@ -174,13 +174,13 @@ def _add_integration_commands(root: click.Group, pm: pluggy.PluginManager) -> No
         for info in infos:
             click.echo(f"{info.name:<16} {info.title:<32} {info.version}")
 
-    @root.command()
-    @click.argument("name")
-    @click.option("--json", "as_json", is_flag=True)
-    def install(name, as_json):
-        """Install integration NAME in the store."""
-        status = _require(pm.hook.smartpush_install(integration=name, host=_obj().host_context()), name)
-        _echo_json(status) if as_json else click.echo(format_status(status))
+    # install, status, uninstall: one hook each, answering the integration's status
+    for command, hook, doc in (
+        ("install", "smartpush_install", "Install integration NAME in the store."),
+        ("status", "smartpush_status", "Show the status of integration NAME."),
+        ("uninstall", "smartpush_uninstall", "Cancel integration NAME (imported contacts are kept)."),
+    ):
+        _add_status_command(root, pm, command, hook, doc)
 
     @root.command()
     @click.argument("name")
@@ -240,20 +240,14 @@ def _add_integration_commands(root: click.Group, pm: pluggy.PluginManager) -> No
         if code:
             raise click.exceptions.Exit(code)
 
-    @root.command()
-    @click.argument("name")
-    @click.option("--json", "as_json", is_flag=True)
-    def status(name, as_json):
-        """Show the status of integration NAME."""
-        st = _require(pm.hook.smartpush_status(integration=name, host=_obj().host_context()), name)
-        _echo_json(st) if as_json else click.echo(format_status(st))
 
-    @root.command()
+
+def _add_status_command(root: click.Group, pm: pluggy.PluginManager, command: str, hook: str, doc: str) -> None:
+    @root.command(command, help=doc)
     @click.argument("name")
     @click.option("--json", "as_json", is_flag=True)
-    def uninstall(name, as_json):
-        """Cancel integration NAME (imported contacts are kept)."""
-        st = _require(pm.hook.smartpush_uninstall(integration=name, host=_obj().host_context()), name)
+    def run(name, as_json):
+        st = _require(getattr(pm.hook, hook)(integration=name, host=_obj().host_context()), name)
         _echo_json(st) if as_json else click.echo(format_status(st))
 
 

@@ -1,8 +1,8 @@
 """Cursor pagination over ``links.next`` and Klaviyo filter builders.
 
 Klaviyo paginates with opaque cursors: each page carries ``links.next`` (absent on the
-last page). :func:`iter_pages` follows them holding one page at a time;
-:func:`fetch_page` serves callers that checkpoint ``next_url`` and resume later.
+last page). :func:`paginate`, the one paginator of every read, follows them holding one
+page at a time (from a saved ``next_url`` too, for callers that checkpoint it).
 
 Filters use Klaviyo's grammar, e.g.
 ``and(greater-than(updated,2026-01-02T03:04:05+00:00),less-than(updated,…))`` (the
@@ -21,7 +21,6 @@ from smartpush_plugin_klaviyo.errors import BadRequestError, PaginationError
 
 __all__ = [
     "Page",
-    "iter_pages",
     "paginate",
     "format_value",
     "format_datetime",
@@ -226,15 +225,3 @@ def paginate(
             return
         page = None  # drop the previous page before fetching the next
         url = next_url
-
-
-def iter_pages(
-    client,
-    path: str,
-    params: Mapping[str, Any] | None = None,
-    *,
-    start_url: str | None = None,
-) -> Iterator[Page]:
-    """Every page from ``path`` + ``params`` (or from ``start_url``): :func:`paginate`
-    restarting a refused cursor from the first request."""
-    return paginate(client, path, params, start_url=start_url)

@@ -565,11 +565,12 @@ class RateBudgets:
             with self._lock:
                 budget = self._budgets.get(key)
                 if budget is None:
+                    strict = endpoints.STACKED_SEPARATOR in key
                     budget = RateBudget(
                         key,
                         self.limits.get(key, self.default_limit),
                         # a stacked cap keeps its own margin: one request is a whole second of it
-                        margin=min(self.margin, STRICT_MARGIN) if endpoints.STACKED_SEPARATOR in key else self.margin,
+                        margin=min(self.margin, STRICT_MARGIN) if strict else self.margin,
                         time_scale=self.time_scale,
                         header_scale=self.header_scale,
                         # A stacked 1/s limit is spent by a single request: requests a
@@ -578,7 +579,7 @@ class RateBudgets:
                         jitter_pad=1.0 if key.endswith(PROFILE_COUNT_SUFFIX) else self.jitter_pad,
                         clock=self.clock,
                         sleep=self.sleep,
-                        strict=endpoints.STACKED_SEPARATOR in key,
+                        strict=strict,
                     )
                     self._budgets[key] = budget
         return budget

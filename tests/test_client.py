@@ -28,7 +28,7 @@ from smartpush_plugin_klaviyo.pagination import (
     equals,
     greater_or_equal,
     greater_than,
-    iter_pages,
+    paginate,
     less_or_equal,
     less_than,
 )
@@ -306,7 +306,7 @@ def test_pagination_stops_at_a_foreign_next_link():
     with ScriptedServer() as other, ScriptedServer(profiles=30, page_host=None) as srv:
         srv.page_host = other.base_url
         with fast_client(srv) as client:
-            pages = iter_pages(client, "/api/profiles", {"page[size]": 10})
+            pages = paginate(client, "/api/profiles", {"page[size]": 10})
             assert len(next(pages).data) == 10
             with pytest.raises(ForeignURLError):
                 next(pages)
@@ -387,7 +387,7 @@ def test_threads_share_one_client(server):
 # --------------------------------------------------------------- pagination
 def test_iter_pages_follows_links_next(server):
     with fast_client(server) as client:
-        pages = list(iter_pages(client, "/api/profiles", {"page[size]": 100}))
+        pages = list(paginate(client, "/api/profiles", {"page[size]": 100}))
     assert [len(p.data) for p in pages] == [100, 100, 50]
     assert pages[-1].next_url is None and pages[0].next_url
     ids = [r["id"] for p in pages for r in p.data]
@@ -397,10 +397,10 @@ def test_iter_pages_follows_links_next(server):
 
 def test_resume_from_saved_next_url(server):
     with fast_client(server) as client:
-        first = next(iter_pages(client, "/api/profiles", {"page[size]": 100}))
+        first = next(paginate(client, "/api/profiles", {"page[size]": 100}))
         saved = first.next_url
-        second = next(iter_pages(client, "/api/profiles", start_url=saved))
-        rest = list(iter_pages(client, "/api/profiles", start_url=saved))
+        second = next(paginate(client, "/api/profiles", start_url=saved))
+        rest = list(paginate(client, "/api/profiles", start_url=saved))
     assert [r["id"] for r in second.data] == [r["id"] for r in rest[0].data]
     assert sum(len(p.data) for p in rest) == 150
 
@@ -598,7 +598,7 @@ def test_standin_scope_key_and_cursor_errors(account):
                 client.get("/api/profiles")
             assert "pk_wrong" not in repr(ei.value) + str(ei.value)
         with standin_client(server) as client:
-            first = next(iter_pages(client, "/api/profiles", {"page[size]": 10}))
+            first = next(paginate(client, "/api/profiles", {"page[size]": 10}))
             server.inject("/api/profiles", kind="invalid_cursor")
             with pytest.raises(BadRequestError) as ei:
                 client.get_url(first.next_url)
@@ -617,7 +617,7 @@ def test_standin_cursor_pagination_over_all_profiles(account):
         with standin_client(server) as client:
             ids: list[str] = []
             pages = 0
-            for page in iter_pages(client, "/api/profiles", {"page[size]": PAGE_SIZE_MAX["/api/profiles"],
+            for page in paginate(client, "/api/profiles", {"page[size]": PAGE_SIZE_MAX["/api/profiles"],
                                                              "fields[profile]": "email,updated", "sort": "updated"}):
                 pages += 1
                 ids.extend(r["id"] for r in page.data)
@@ -625,15 +625,15 @@ def test_standin_cursor_pagination_over_all_profiles(account):
             assert len(ids) == len(set(ids)) == account.profile_count
             assert set(ids) == set(account.profile_ids())
             # resume from a saved links.next gives the rest
-            first = next(iter_pages(client, "/api/profiles", {"page[size]": 100, "sort": "updated"}))
-            rest = [r["id"] for p in iter_pages(client, "/api/profiles", start_url=first.next_url) for r in p.data]
+            first = next(paginate(client, "/api/profiles", {"page[size]": 100, "sort": "updated"}))
+            rest = [r["id"] for p in paginate(client, "/api/profiles", start_url=first.next_url) for r in p.data]
             assert [r["id"] for r in first.data] + rest == account.profile_ids()
             # members of a list, sorted by joined_group_at
             gid = account.lists()[0]["id"]
-            members = [r["id"] for p in iter_pages(client, f"/api/lists/{gid}/relationships/profiles",
+            members = [r["id"] for p in paginate(client, f"/api/lists/{gid}/relationships/profiles",
                                                    {"page[size]": 100, "sort": "joined_group_at"}) for r in p.data]
             assert members == [pid for pid, _ in account.iter_members(gid)]
-            groups = [r["id"] for p in iter_pages(client, "/api/lists", {"page[size]": 10}) for r in p.data]
+            groups = [r["id"] for p in paginate(client, "/api/lists", {"page[size]": 10}) for r in p.data]
             assert sorted(groups) == sorted(g["id"] for g in account.lists())
             detail = client.get(f"/api/lists/{gid}", {"additional-fields[list]": "profile_count"})
             assert detail["data"]["attributes"]["profile_count"] == account.member_count(gid)
