@@ -66,7 +66,7 @@ def make_client(api_key: str, ctx: HostContext) -> KlaviyoClient:
     :data:`~smartpush_plugin_klaviyo.client.REVISION`), and for stand-ins and tests
     ``KLAVIYO_TIME_SCALE`` (the stand-in's clock scale), ``KLAVIYO_RATE_LIMITS=off`` and
     ``KLAVIYO_MAX_RETRIES``; ``KLAVIYO_RATE_MARGIN`` the share of each endpoint limit used
-    (default 0.95).
+    (default 0.9).
     """
     settings = ctx.settings or {}
     base_url = settings.get("KLAVIYO_BASE_URL") or DEFAULT_BASE_URL
