@@ -172,8 +172,8 @@ class RateBudget:
         steady log applies even once server-guided).
     :param header_scale: divisor of header durations (``Retry-After``, ``RateLimit-Reset``).
     :param jitter_pad: real seconds a grant is remembered beyond each window (capped at a
-        quarter of the window), so latency jitter cannot push two windows' worth of
-        requests into one of Klaviyo's.
+        quarter of the window, a whole one for a strict budget), so latency jitter cannot
+        push two windows' worth of requests into one of Klaviyo's.
 
     Diagnostics (read-only): ``granted``, ``waited``, ``penalties``, ``probes`` (grants
     made while the server's figures were stale), ``server_guided`` (the steady window
@@ -213,11 +213,14 @@ class RateBudget:
         # Grants are remembered a little longer than the window: requests reach Klaviyo
         # some (variable) time after they are granted, so two granted a full window apart
         # may arrive closer. The pad (at most a quarter of the window) absorbs that jitter;
-        # the microsecond keeps float rounding from squeezing an extra grant in.
+        # the microsecond keeps float rounding from squeezing an extra grant in. A strict
+        # budget allows one request per burst window (``profile_count``'s 1/s), where any
+        # jitter beyond the pad is a 429, and it grants a handful per run, so its pad may
+        # take up to a whole window (a scaled clock's windows are a few milliseconds long).
         burst, steady = BURST_WINDOW / time_scale, STEADY_WINDOW / time_scale
-        pad = max(0.0, jitter_pad)
-        self.burst_window = burst + min(pad, burst / 4) + 1e-6
-        self.steady_window = steady + min(pad, steady / 4) + 1e-6
+        pad, share = max(0.0, jitter_pad), (1.0 if strict else 0.25)
+        self.burst_window = burst + min(pad, burst * share) + 1e-6
+        self.steady_window = steady + min(pad, steady * share) + 1e-6
         # A probe whose response never came is replaced after this long.
         self.probe_timeout = self.burst_window
         # While responses are awaited, waiters re-check this often (real seconds).
