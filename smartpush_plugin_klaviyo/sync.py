@@ -7,9 +7,10 @@ Shape of a run
    the run, so no local clock skew can make an incremental run miss an update.
 2. *Groups*: every list and segment is read and reconciled (new, renamed, deleted).
 3. *Streams*, concurrently on a thread pool, all sharing the client's rate budgets:
-   profile windows on ``updated`` and membership scans of each group. Fetchers put
-   pages on a bounded queue (memory stays flat); a single writer (this thread)
-   applies each page and its stream checkpoint in one transaction.
+   profile windows on ``updated`` and membership scans and checks of each group (what
+   each group needs is decided by :class:`~smartpush_plugin_klaviyo.groups.MembershipChecks`).
+   Fetchers put typed messages on a bounded spool (memory stays flat); a single writer
+   (this thread) applies each page and its stream checkpoint in one transaction.
 4. *Finish*: removals are applied per group as each complete scan ends, deleted
    Klaviyo profiles are confirmed and unmapped (full runs), the watermark moves.
 
@@ -24,7 +25,6 @@ import math
 import threading
 import time
 import uuid
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 
 from hookspecs.interfaces import HostContext
 from hookspecs.types import SkippedRecord, SyncReport
-from smartpush_plugin_klaviyo import groups as groups_mod
+from smartpush_plugin_klaviyo.groups import MembershipChecks, apply_groups, fetch_groups
 from smartpush_plugin_klaviyo import lease
 from smartpush_plugin_klaviyo.errors import (
     LeaseLost,
@@ -135,24 +135,6 @@ def _last_created(mapped: list) -> str | None:
     return None
 
 
-def _rescan_turns(groups: list[dict], small: int, every: int) -> dict[str, int]:
-    """The run (``seq % every``) in which each large group is rescanned: the groups are
-    dealt into ``every`` turns, largest first into the lightest turn, so each run reads
-    about the same number of pages (by count alone, a few big groups could land in one
-    run). Groups are taken in a fixed order (a hash of the id), so turns move little as
-    sizes change; a group whose turn moved is still rescanned within ``every`` runs, by
-    the age rule in :meth:`SyncRun._plan_group`."""
-    large = [g for g in groups if (g["member_count"] or 0) > small]
-    large.sort(key=lambda g: (-(g["member_count"] or 0), zlib.crc32(g["group_id"].encode())))
-    load = [0] * every
-    turns: dict[str, int] = {}
-    for g in large:
-        turn = min(range(every), key=lambda t: (load[t], t))
-        turns[g["group_id"]] = turn
-        load[turn] += g["member_count"] or 0
-    return turns
-
-
 def _interleave(streams: list[dict]) -> list[dict]:
     """Round-robin over endpoint families (profiles, list members, segment members)."""
     families: dict[str, list[dict]] = {}
@@ -191,12 +173,7 @@ class SyncRun:
         self.pool: ThreadPoolExecutor | None = None
         self.decoder = ProfilePageDecoder(0)
         self.aborted: BaseException | None = None
-        self.expected_members: dict[str, int] = {}
-        """group id -> the ``profile_count`` a rescan of this run was started with."""
-        self.count_lock = threading.Lock()
-        self.counts_left = options.count_checks_per_run
         self.progress = {"groups_total": 0, "groups_done": 0}
-        self.rescan_turns: dict[str, int] = {}
         self._progress_at = 0.0
 
     # ------------------------------------------------------------------ entry
@@ -209,6 +186,11 @@ class SyncRun:
         self.profiles_since = run["profiles_since"]
         """Incremental: joins and profiles after this (the last watermark less the overlap)."""
         self.writer = PageWriter(self.ctx, self.run_id, self.gen, self.counters)
+        self.checks = MembershipChecks(
+            client=self.client, storage=self.ctx.storage, state=self.state, writer=self.writer,
+            counters=self.counters, options=self.options, scheduler=self, store_id=self.store_id,
+            run_id=self.run_id, gen=self.gen, mode=self.mode, profiles_since=self.profiles_since,
+        )
         watcher = threading.Thread(target=self._watch, name=f"klaviyo-watch-{self.store_id}", daemon=True)
         watcher.start()
         try:
@@ -293,10 +275,10 @@ class SyncRun:
 
     # ------------------------------------------------------------- groups
     def _sync_groups(self) -> None:
-        found = list(groups_mod.fetch_groups(self.client))
+        found = list(fetch_groups(self.client))
         with self.ctx.storage.transaction() as tx:
             self.state.verify(tx)
-            counts = groups_mod.apply_groups(tx, self.writer, found)
+            counts = apply_groups(tx, self.writer, found)
             for key, value in counts.items():
                 self.counters.counts[key] = value
 
@@ -310,39 +292,16 @@ class SyncRun:
             default_processes() if processes is None else processes, start_after=self.options.map_processes_after
         )
         try:
-            streams_by_group: dict[str, list[dict]] = {}
-            for s in streams:
-                if s["kind"] == "members":
-                    streams_by_group.setdefault(s["group_id"], []).append(s)
-            to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]]
-            new_rows: list[dict] = []
-            finished: list[str] = []
-            checks: list[dict] = []
-            pending_groups = [g for g in groups if g["checked_run"] != self.run_id]
-            self.rescan_turns = _rescan_turns(groups, self.options.small_group_members, self.options.rescan_every_runs)
-            self.progress["groups_done"] = len(groups) - len(pending_groups)
+            plan = self.checks.plan_run(groups, streams)
+            to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]] + plan.to_fetch
+            self.progress["groups_done"] = sum(1 for g in groups if g["checked_run"] == self.run_id)
             self.progress["groups_total"] = len(groups)
             self.sweep_quota = self._sweep_quota()
-            for g in pending_groups:
-                existing = streams_by_group.get(g["group_id"])
-                if existing:
-                    pending = [s for s in existing if not s["done"]]
-                    if pending:
-                        to_fetch.extend(pending)
-                    else:
-                        finished.append(g["group_id"])  # scanned before the crash, not finalized
-                    continue
-                rows = self._plan_group(g)
-                if rows is None:
-                    checks.append(g)
-                else:
-                    new_rows.extend(rows)
-                    to_fetch.extend(rows)
             # Large groups not due for a rescan: recent joins, then (while the run's count
-            # budget lasts) profile_count, stalest first. Even an inactive segment is
-            # checked: it gains nobody, but deleted and merged profiles still leave it.
-            for g in sorted(checks, key=lambda g: (g["scanned_gen"], g["group_id"])):
-                self._submit(self._check_group, g)
+            # budget lasts) profile_count, stalest first.
+            for g in plan.to_check:
+                self.submit(self.checks.check_group, g)
+            new_rows, finished = plan.new_rows, plan.finished
             if new_rows or finished:
                 # Applied here, before any fetcher starts: nothing else writes yet.
                 with self.ctx.storage.transaction() as tx:
@@ -355,7 +314,7 @@ class SyncRun:
             # Interleave endpoints: each has its own rate budget, so every budget gets
             # streams from the start instead of one endpoint's queue holding the workers.
             for stream in _interleave(to_fetch):
-                self._submit(self._fetch_stream, stream)
+                self.submit(self._fetch_stream, stream)
             self._write_loop()
         finally:
             self.stop.set()
@@ -381,10 +340,23 @@ class SyncRun:
                     self.outstanding -= 1
         self.spool.clear()
 
-    def _submit(self, fn, *args) -> None:
+    def submit(self, fn, *args) -> None:
         with self.outstanding_lock:
             self.outstanding += 1
         self.pool.submit(self._task, fn, *args)
+
+    def fetch(self, stream: dict) -> None:
+        """Fetch ``stream`` on a fetch thread."""
+        self.submit(self._fetch_stream, stream)
+
+    def wait(self, event: threading.Event) -> None:
+        """Block until ``event`` is set, or the run stops."""
+        while not event.wait(0.2):
+            self.check_stop()
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise _Stop()
 
     def _task(self, fn, *args) -> None:
         try:
@@ -396,9 +368,9 @@ class SyncRun:
             self.errors.append(exc)
             self.stop.set()
         finally:
-            self._enqueue(TaskDone(), force=True)
+            self.enqueue(TaskDone(), force=True)
 
-    def _enqueue(self, message: Message, force: bool = False) -> None:
+    def enqueue(self, message: Message, force: bool = False) -> None:
         """Hand a message to the writer (never waits for it: see :class:`.spool.Spool`)."""
         if self.stop.is_set() and not force:
             raise _Stop()
@@ -487,95 +459,9 @@ class SyncRun:
             return
         # this run's streams of the group: key -> done (the one just updated included)
         streams = self.state.group_streams(tx, stream["group_id"])
-        if all(streams.values()) and not self._scan_incomplete(tx, stream, list(streams)):
+        if all(streams.values()) and not self.checks.scan_incomplete(tx, stream, list(streams)):
             self.writer.finalize_group_scan(tx, stream["group_id"])
             self._mark_checked(tx, stream["group_id"])
-
-    def _scan_incomplete(self, tx, stream: dict, keys: list[str]) -> bool:
-        """Whether a finished *sliced* scan may have missed members; if so, one unsliced
-        stream of the group is started (or a count check that decides it) and ``True``.
-
-        Slices filter on ``joined_group_at``, a filter-only field the spec never shows
-        (paths./api/lists/{id}/relationships/profiles.get x-klaviyo-filters; the items
-        are just ``type`` and ``id``): a membership whose ``joined_group_at`` is unknown
-        to the server matches no comparison, so only an unfiltered request returns it.
-        Members "not seen" by such a scan have not left: before they are removed (or
-        when the scan found fewer than ``profile_count``), an unfiltered scan decides.
-        """
-        gid = stream["group_id"]
-        if len(keys) < 2 or any(k.endswith(":all") for k in keys):
-            return False  # unsliced: complete by construction
-        seen = self.writer.member_count(tx, gid, seen_in_run=True)
-        kind = stream["key"].split(":")[1]
-        group = {"kind": kind, "group_id": gid}
-        expected = self.expected_members.get(gid)
-        if expected is not None:
-            if seen >= expected:
-                return False
-            self.counters.counts["group_scans_unsliced"] += 1
-            row = self._unsliced_stream(group)
-            self.state.add_streams(tx, [row])
-            self._submit(self._fetch_stream, row)
-            return True
-        if seen >= self.writer.member_count(tx, gid):
-            return False  # nobody would be removed
-        self._submit(self._verify_scan, group, seen)
-        return True
-
-    def _verify_scan(self, group: dict, seen: int) -> None:
-        """A sliced scan would remove members: is ``profile_count`` consistent with it?
-        (Without count budget left: the unfiltered read decides.)"""
-        count = self._group_count(group)[0] if self._take_count() else None
-        if count is not None and count <= seen:
-            self._enqueue(ScanFinished(group["group_id"]))
-            return
-        self.counters.counts["group_scans_unsliced"] += 1
-        row = self._unsliced_stream(group)
-        self._enqueue(StreamsPlanned([dict(row)]))
-        self._submit(self._fetch_stream, row)
-
-    def _plan_group(self, group: dict) -> list[dict] | None:
-        """What this run does to verify one group's membership: the streams of a complete
-        scan, or ``None`` for a joins (and maybe count) check.
-
-        Full runs and never-scanned groups are scanned. In an incremental run a small
-        group is rescanned outright (a few requests on the 750/min endpoint, cheaper than
-        one request on the 15/min ``profile_count`` budget, and exact); a large one is
-        rescanned in its turn, once every ``rescan_every_runs`` runs (turns balanced by
-        size, :func:`_rescan_turns`, so each run reads about 1/7 of the large groups'
-        members), and in the other runs only checked.
-        """
-        if self.mode == "full" or group["scanned_gen"] == 0:
-            return self._scan_streams(group)
-        size = group["member_count"] or 0
-        every = self.options.rescan_every_runs
-        due = (
-            size <= self.options.small_group_members
-            or self.gen - group["scanned_gen"] >= every
-            or self.rescan_turns.get(group["group_id"]) == self.gen % every
-        )
-        if not due:
-            return None
-        self.counters.counts["groups_rescanned"] += 1
-        if size <= self.options.unsliced_scan_max:
-            return [self._unsliced_stream(group)]
-        return self._scan_streams(group)
-
-    def _take_count(self) -> bool:
-        """Whether the run may still ask a ``profile_count`` (its per-run budget)."""
-        with self.count_lock:
-            if self.counts_left <= 0:
-                return False
-            self.counts_left -= 1
-            return True
-
-    def _unsliced_stream(self, group: dict) -> dict:
-        return {
-            "store_id": self.store_id, "run_id": self.run_id,
-            "key": f"members:{group['kind']}:{group['group_id']}:all", "kind": "members",
-            "group_id": group["group_id"], "lo": None, "hi": None, "next_url": None, "last_value": None,
-            "started": False, "done": False, "pages": 0, "records": 0,
-        }
 
     def _mark_checked(self, tx, group_id: str) -> None:
         self.progress["groups_done"] += 1
@@ -613,11 +499,11 @@ class SyncRun:
             else:
                 ids = [r.get("id") for r in page.data if isinstance(r, dict)]
                 message = PageRead(stream, page.next_url, member_ids=ids)
-            self._enqueue(message)
+            self.enqueue(message)
             if key == "sweep":
                 self.counters.counts["profiles_swept"] += page.records
             if not page.next_url:
-                self._enqueue(StreamEnded(stream))
+                self.enqueue(StreamEnded(stream))
                 return
             if quota is not None and last["value"]:
                 # The sweep reads its share of the account; everything created before the
@@ -627,7 +513,7 @@ class SyncRun:
                 second = floor_second(parse_iso(last["value"]))
                 lo = parse_iso(stream["lo"])
                 if records >= quota and (lo is None or second > floor_second(lo)):
-                    self._enqueue(StreamEnded(stream, format_iso(second)))
+                    self.enqueue(StreamEnded(stream, format_iso(second)))
                     return
 
     def _first_request(self, stream: dict, last_value: str | None) -> tuple[str, dict]:
@@ -646,102 +532,6 @@ class SyncRun:
         with self.ctx.storage.transaction(readonly=True) as tx:
             mapped = self.writer.mapped_count(tx)
         return max(100, math.ceil(mapped / self.options.sweep_runs))
-
-    def _group_count(self, group: dict) -> tuple[int | None, bool]:
-        """``profile_count`` (``None``: not given) and, for a segment, whether it
-        ``is_processing`` (its membership and count are in flux: not to be trusted).
-
-        Both in one request: ``fields[segment]`` allows ``profile_count`` and
-        ``is_processing`` (paths./api/segments/{id}.get.parameters); ``is_processing`` is
-        a required attribute of a segment (components.schemas
-        .SegmentRetrieveResponseObjectResource.required).
-        """
-        kind, gid = group["kind"], group["group_id"]
-        fields = "profile_count,is_processing" if kind == "segment" else "profile_count"
-        detail = self.client.get(
-            f"/api/{kind}s/{gid}", {f"additional-fields[{kind}]": "profile_count", f"fields[{kind}]": fields}
-        )
-        attrs = (detail.get("data") or {}).get("attributes") or {}
-        count = attrs.get("profile_count")
-        count = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
-        return count, attrs.get("is_processing") is True
-
-    def _scan_streams(self, group: dict, expected: int | None = None) -> list[dict]:
-        """The streams of a complete scan of one group (sliced when it is large).
-
-        One cursor is one sequential chain of requests, so a big group is split into
-        ``joined_group_at`` slices scanned in parallel; the first and last slices are
-        open-ended, so nobody is missed whatever their join date.
-        """
-        if group["scanned_gen"] == 0 and expected is None:
-            # Size unknown (never scanned): a few slices, so a big group is never one long
-            # chain; asking profile_count first would cost a 1/s, 15/min budget per group.
-            slices = self.options.first_scan_slices
-        else:
-            size = expected if expected is not None else group["member_count"]
-            slices = max(1, min(self.options.max_member_slices, math.ceil(size / self.options.members_per_slice)))
-        start = parse_iso(group["created"]) if group["created"] else None
-        return [
-            {
-                "store_id": self.store_id,
-                "run_id": self.run_id,
-                "key": f"members:{group['kind']}:{group['group_id']}:{i:02d}",
-                "kind": "members",
-                "group_id": group["group_id"],
-                "lo": lo,
-                "hi": hi,
-                "next_url": None,
-                "last_value": None,
-                "started": False,
-                "done": False,
-                "pages": 0,
-                "records": 0,
-            }
-            for i, (lo, hi) in enumerate(time_slices(start, utcnow(), slices))
-        ]
-
-    def _start_scan(self, group: dict, expected: int | None = None) -> None:
-        """Create a group's scan streams and run them (from a fetcher thread)."""
-        if expected is not None:
-            self.expected_members[group["group_id"]] = expected
-        rows = self._scan_streams(group, expected)
-        # Created by the writer (one writer: fetchers never wait for the database's write
-        # lock); the queue is FIFO, so the rows exist before any page of these streams.
-        self._enqueue(StreamsPlanned([dict(r) for r in rows]))
-        for row in rows:
-            self._submit(self._fetch_stream, row)
-
-    def _check_group(self, group: dict) -> None:
-        """Incremental, a large group not due for its rescan: the joins since the last run,
-        then (while the run's count budget lasts) ``profile_count`` tells whether anyone
-        left; without it, removals wait for the group's turn (at most ``rescan_every_runs``)."""
-        kind, gid = group["kind"], group["group_id"]
-        since = self.profiles_since  # read once with the run, not once per group
-        path, params = member_request(kind, gid, format_iso(since) if since else None, None)
-        for page in paginate(self.client, path, params):
-            ids = [r.get("id") for r in page.data if isinstance(r, dict)]
-            if ids:
-                self._enqueue(JoinsRead(gid, ids))
-            if self.stop.is_set():
-                raise _Stop()
-        if not self._take_count():
-            self.counters.counts["groups_joins_checked"] += 1
-            self._enqueue(GroupChecked(gid))
-            return
-        done = threading.Event()
-        self._enqueue(Barrier(done))
-        while not done.wait(0.2):
-            if self.stop.is_set():
-                raise _Stop()
-        count, processing = self._group_count(group)
-        with self.ctx.storage.transaction(readonly=True) as tx:
-            ours = self.writer.member_count(tx, gid)
-        if count is not None and count == ours and not processing:
-            self.counters.counts["groups_unchanged"] += 1
-            self._enqueue(GroupChecked(gid))
-        else:
-            self.counters.counts["groups_rescanned"] += 1
-            self._start_scan(group, expected=count)
 
     # ------------------------------------------------------------- finish
     def _confirm_deleted_profiles(self) -> None:
