@@ -7,7 +7,7 @@ Not a test: it prints figures. Usage::
 
 It generates the stand-in's account in-process, encodes its profiles as 100-record JSON
 pages (what ``GET /api/profiles`` returns), then times, per profile: decoding the pages
-(orjson), mapping them (:func:`smartpush_plugin_klaviyo.mapping.map_profile`), writing them
+(`jsondecode.loads`: orjson, exact where a literal would not fit), mapping them (:func:`smartpush_plugin_klaviyo.mapping.map_profile`), writing them
 (:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_mapped`: merge lookups, contact
 encryption, id map) into a fresh SQLite file, and writing the account's real memberships
 (:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_members`, with their tags).
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     from hookspecs import get_plugin_manager
     from smartpush_devhost.host import DevHost
     from smartpush_plugin_klaviyo import mapping
+    from smartpush_plugin_klaviyo.jsondecode import loads
     from smartpush_plugin_klaviyo.writer import PageWriter, RunCounters
 
     account = generate_account(profiles=args.profiles, seed=args.seed)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         t = {}
         t0 = time.perf_counter()
-        decoded = [orjson.loads(page)["data"] for page in pages]
+        decoded = [loads(page)["data"] for page in pages]
         t["decode"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         mapped = [[mapping.map_profile(r) for r in page] for page in decoded]

@@ -103,13 +103,8 @@ class MembershipChecks:
 
     def __init__(self, *, client, storage, state, writer, counters, options, scheduler: Scheduler,
                  store_id: str, run_id: str, gen: int, mode: str, profiles_since) -> None:
-        self.client = client
-        self.storage = storage
-        self.state = state
-        self.writer = writer
-        self.counters = counters
-        self.options = options
-        self.scheduler = scheduler
+        self.client, self.storage, self.state, self.writer = client, storage, state, writer
+        self.counters, self.options, self.scheduler = counters, options, scheduler
         self.store_id, self.run_id, self.gen, self.mode = store_id, run_id, gen, mode
         self.profiles_since = profiles_since
         self.turns: dict[str, int] = {}
