@@ -81,6 +81,31 @@ def test_a_signal_mid_sync_stops_cleanly_and_the_next_run_completes(tmp_path, db
     assert importable <= set(kids)
 
 
+def test_a_killed_sync_leaves_no_process_behind(tmp_path, db_url, slow_server):
+    """``kill -9`` (or the OOM killer) shuts nothing down: the helper processes notice the
+    sync process is gone and exit, and with them the forkserver and the resource tracker
+    (three processes, ~110 MB, stayed behind per killed sync)."""
+    env = {**cli_environment(tmp_path, db_url, slow_server), "KLAVIYO_MAP_PROCESSES": "2",
+           "KLAVIYO_MAP_PROCESSES_AFTER": "0"}
+    smartpush(env, "install", "klaviyo")
+    smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    helpers: set[int] = set()
+    deadline = time.monotonic() + 60
+    # the resource tracker, the forkserver and its two helpers
+    while len(helpers) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, "the sync ended before helpers started"
+        helpers |= _descendants(proc.pid)
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while [pid for pid in helpers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if _alive(pid)], "processes outlived the killed sync"
+
+
 def test_exit_codes_and_version(tmp_path, db_url, slow_server):
     env = cli_environment(tmp_path, db_url, slow_server)
     version = smartpush(env, "--version")
