@@ -453,50 +453,25 @@ def _copy_fields(obj: dict, table, known, extra_prefix: str, props: dict, extras
             extras.append((f"{extra_prefix}{key}", value))
 
 
+# Per channel: the objects mapped field by field ((field, property) table, known fields) and
+# the keys kept as one property each. Anything else goes to the extras.
+_CHANNEL_OBJECTS = {
+    "email": {"marketing": (_EMAIL_MARKETING, _EMAIL_MARKETING_SRC)},
+    "sms": {"marketing": (_SMS_MARKETING, _SMS_MARKETING_SRC),
+            "transactional": (_SMS_TRANSACTIONAL, _SMS_TRANSACTIONAL_SRC)},
+}
+_CHANNEL_PLAIN = {"email": frozenset({"open_tracking"}), "sms": frozenset()}
+
+
 def _subscriptions(subs: dict, props: dict, extras: list, warnings: list[str]):
     email_status = sms_status = None
     for channel, value in subs.items():
         if value is None:
             continue
         if channel == "email":
-            if type(value) is not dict:
-                warnings.append("malformed: subscriptions.email")
-                continue
-            for key, sub in value.items():
-                if sub is None:
-                    continue
-                if key == "marketing":
-                    if type(sub) is dict:
-                        _copy_fields(sub, _EMAIL_MARKETING, _EMAIL_MARKETING_SRC, "kla_email_marketing_", props, extras)
-                        email_status = _email_status(sub, warnings)
-                    else:
-                        warnings.append("malformed: subscriptions.email.marketing")
-                elif key == "open_tracking":
-                    props["kla_email_open_tracking"] = sub
-                else:
-                    extras.append((f"kla_subscriptions_email_{key}", sub))
+            email_status = _channel(channel, value, _email_status, props, extras, warnings)
         elif channel == "sms":
-            if type(value) is not dict:
-                warnings.append("malformed: subscriptions.sms")
-                continue
-            for key, sub in value.items():
-                if sub is None:
-                    continue
-                if key == "marketing":
-                    if type(sub) is dict:
-                        _copy_fields(sub, _SMS_MARKETING, _SMS_MARKETING_SRC, "kla_sms_marketing_", props, extras)
-                        sms_status = _sms_status(sub, warnings)
-                    else:
-                        warnings.append("malformed: subscriptions.sms.marketing")
-                elif key == "transactional":
-                    if type(sub) is dict:
-                        _copy_fields(
-                            sub, _SMS_TRANSACTIONAL, _SMS_TRANSACTIONAL_SRC, "kla_sms_transactional_", props, extras
-                        )
-                    else:
-                        warnings.append("malformed: subscriptions.sms.transactional")
-                else:
-                    extras.append((f"kla_subscriptions_sms_{key}", sub))
+            sms_status = _channel(channel, value, _sms_status, props, extras, warnings)
         else:
             pkey = _CHANNEL_KEY.get(channel)
             if pkey is None:
@@ -504,5 +479,31 @@ def _subscriptions(subs: dict, props: dict, extras: list, warnings: list[str]):
             else:
                 props[pkey] = value
     return email_status, sms_status
+
+
+def _channel(channel: str, value, status_of, props: dict, extras: list, warnings: list[str]):
+    """One channel of ``subscriptions`` (email or SMS) into properties; returns the
+    channel's status, read from its ``marketing`` object (``None``: none given)."""
+    if type(value) is not dict:
+        warnings.append(f"malformed: subscriptions.{channel}")
+        return None
+    objects, plain = _CHANNEL_OBJECTS[channel], _CHANNEL_PLAIN[channel]
+    status = None
+    for key, sub in value.items():
+        if sub is None:
+            continue
+        fields = objects.get(key)
+        if fields is not None:
+            if type(sub) is dict:
+                _copy_fields(sub, fields[0], fields[1], f"kla_{channel}_{key}_", props, extras)
+                if key == "marketing":
+                    status = status_of(sub, warnings)
+            else:
+                warnings.append(f"malformed: subscriptions.{channel}.{key}")
+        elif key in plain:
+            props[f"kla_{channel}_{key}"] = sub
+        else:
+            extras.append((f"kla_subscriptions_{channel}_{key}", sub))
+    return status
 
 
