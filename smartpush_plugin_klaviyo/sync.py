@@ -301,20 +301,19 @@ class SyncRun:
             # budget lasts) profile_count, stalest first.
             for g in plan.to_check:
                 self.submit(self.checks.check_group, g)
-            new_rows, finished = plan.new_rows, plan.finished
-            if new_rows or finished:
+            if plan.new_rows or plan.finished:
                 # Applied here, before any fetcher starts: nothing else writes yet.
                 with self.ctx.storage.transaction() as tx:
                     self.state.verify(tx)
-                    if new_rows:
-                        self.state.add_streams(tx, new_rows)
-                    for group_id in finished:
+                    if plan.new_rows:
+                        self.state.add_streams(tx, plan.new_rows)
+                    for group_id in plan.finished:
                         self.writer.finalize_group_scan(tx, group_id)
                         self._mark_checked(tx, group_id)
             # Interleave endpoints: each has its own rate budget, so every budget gets
             # streams from the start instead of one endpoint's queue holding the workers.
             for stream in _interleave(to_fetch):
-                self.submit(self._fetch_stream, stream)
+                self.fetch(stream)
             self._write_loop()
         finally:
             self.stop.set()
