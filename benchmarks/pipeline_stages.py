@@ -10,7 +10,8 @@ pages (what ``GET /api/profiles`` returns), then times, per profile: decoding th
 (`jsondecode.loads`: orjson, exact where a literal would not fit), mapping them (:func:`smartpush_plugin_klaviyo.mapping.map_profile`), writing them
 (:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_mapped`: merge lookups, contact
 encryption, id map) into a fresh SQLite file, and writing the account's real memberships
-(:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_members`, with their tags).
+(:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_members`, with the tags of the
+account's lists and segments, which are reconciled first as a sync does).
 
 ``--busy-other-core`` runs a CPU-bound process for the duration, as the stand-in does in
 ``full_sync.py``: on a machine whose two vCPUs share a physical core, every stage gets
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     from hookspecs import get_plugin_manager
     from smartpush_devhost.host import DevHost
     from smartpush_plugin_klaviyo import mapping
+    from smartpush_plugin_klaviyo.groups.reconcile import apply_groups
     from smartpush_plugin_klaviyo.jsondecode import loads
+    from smartpush_plugin_klaviyo.models import parse_group
     from smartpush_plugin_klaviyo.writer import PageWriter, RunCounters
 
     account = generate_account(profiles=args.profiles, seed=args.seed)
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         members = [profile_id for profile_id, _joined in account.iter_members(group["id"])]
         member_pages += [(group["id"], members[i:i + 100]) for i in range(0, len(members), 100)]
     n_members = sum(len(m) for _g, m in member_pages)
+    n_tags = 0
 
     tmp = Path(tempfile.mkdtemp(prefix="klaviyo-stages-"))
     stop = multiprocessing.Event()
@@ -74,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         ctx = host.context("bench")
         get_plugin_manager().hook.smartpush_install(integration="klaviyo", host=ctx)
         writer = PageWriter(ctx, "bench-run", 1, RunCounters())
+        # The groups phase comes first, as in a sync: without the groups' tags the
+        # memberships stage would write no tags at all.
+        groups = [parse_group(r, "list") for r in account.lists()]
+        groups += [parse_group(r, "segment") for r in account.segments()]
+        with host.storage.transaction() as tx:
+            apply_groups(tx, writer, groups)
         if hog:
             hog.start()
             time.sleep(0.5)
@@ -95,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             with host.storage.transaction() as tx:
                 writer.write_members(tx, group_id, members)
         t["write memberships"] = time.perf_counter() - t0
+        with host.storage.transaction(readonly=True) as tx:
+            n_tags = sum(ctx.contacts.tag_counts(tx).values())
         host.close()
     finally:
         stop.set()
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     n = len(ids)
     total = sum(t.values())
-    print(f"profiles {n:,}, memberships {n_members:,} ({n_members / n:.1f} per profile)"
+    print(f"profiles {n:,}, memberships {n_members:,} ({n_members / n:.1f} per profile), tags {n_tags:,}"
           f"{', other core busy' if hog else ''}")
     for stage, seconds in t.items():
         print(f"  {stage:<18} {seconds / n * 1e6:7.1f} µs per profile")

@@ -22,6 +22,7 @@ from datetime import timedelta
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from smartpush_plugin_klaviyo import processes
 from smartpush_plugin_klaviyo.dbwait import end_frozen_transactions, mark_session
 from smartpush_plugin_klaviyo.errors import LeaseLost
 from smartpush_plugin_klaviyo.state import lease_t
@@ -51,27 +52,7 @@ def new_owner_id() -> str:
     unknown), so a PID reused by a later process is not taken for the lease holder.
     """
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or 0}:{uuid.uuid4().hex[:8]}"
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, start time)`` of a process from ``/proc/<pid>/stat``; ``None`` if unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: fields follow its last ")".
-    fields = raw[raw.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _start_time(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
+    return f"{socket.gethostname()}:{pid}:{processes.start_time(pid) or 0}:{uuid.uuid4().hex[:8]}"
 
 
 def _parse_owner(owner: str) -> tuple[str, int, int | None] | None:
@@ -86,30 +67,15 @@ def _parse_owner(owner: str) -> tuple[str, int, int | None] | None:
 
 
 def _dead_local_owner(owner: str) -> bool:
-    """Whether ``owner`` names a process of this host that has exited.
-
-    A zombie (exited, not yet reaped by its parent) still answers ``kill(pid, 0)``, and a
-    PID can be reused by a later process: both count as dead, told apart by ``/proc``.
-    """
+    """Whether ``owner`` names a process of this host that has exited (a zombie, or
+    another process under its PID, counts as exited: :func:`.processes.is_gone`)."""
     parsed = _parse_owner(owner)
     if parsed is None:
         return False
     host, pid, start = parsed
     if host != socket.gethostname() or pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # exists, owned by someone else
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:  # no /proc here: the process exists, so it is alive
-        return False
-    state, started = stat
-    if state in ("Z", "X"):
-        return True
-    return start is not None and started != start
+    return processes.is_gone(pid, start)
 
 
 def acquire(storage, store_id: str, owner: str, ttl: float | timedelta = LEASE_TTL) -> bool:

@@ -24,8 +24,7 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import psutil
-
+from smartpush_plugin_klaviyo import processes
 from smartpush_plugin_klaviyo.jsondecode import loads, resource_id, split_collection
 
 from smartpush_plugin_klaviyo.mapping import MappedProfile, Skip, map_profile
@@ -131,7 +130,7 @@ PARENT_CHECK_SECONDS = 1.0
 """How often a helper checks that the process it decodes for is still alive."""
 
 
-def _init_helper(parent_pid: int) -> None:
+def _init_helper(parent_pid: int, parent_start: int | None) -> None:
     """Helper initializer.
 
     A terminal's Ctrl-C reaches the whole process group; the main process decides how to
@@ -144,21 +143,17 @@ def _init_helper(parent_pid: int) -> None:
     ~110 MB stayed behind per killed sync. So a helper watches the process it works for
     and exits once that process is gone (or is another process under a reused PID)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        parent = psutil.Process(parent_pid)
-    except psutil.Error:
+    if processes.is_gone(parent_pid, parent_start):
         os._exit(1)
-    threading.Thread(target=_exit_with, args=(parent,), name="klaviyo-helper-watch", daemon=True).start()
+    threading.Thread(
+        target=_exit_with, args=(parent_pid, parent_start), name="klaviyo-helper-watch", daemon=True
+    ).start()
 
 
-def _exit_with(parent: psutil.Process) -> None:
+def _exit_with(parent_pid: int, parent_start: int | None) -> None:
     while True:
         time.sleep(PARENT_CHECK_SECONDS)
-        try:
-            # is_running() compares the creation time too: a reused PID is not the parent
-            if not parent.is_running() or parent.status() == psutil.STATUS_ZOMBIE:
-                os._exit(1)
-        except psutil.Error:
+        if processes.is_gone(parent_pid, parent_start):
             os._exit(1)
 
 
@@ -237,7 +232,8 @@ class ProfilePageDecoder:
         pool = None
         try:
             pool = ProcessPoolExecutor(max_workers=self.processes, mp_context=_context(),
-                                       initializer=_init_helper, initargs=(os.getpid(),))
+                                       initializer=_init_helper,
+                                       initargs=(os.getpid(), processes.start_time(os.getpid())))
             # Wait until every helper is up, so no fetch thread waits for a start-up.
             list(pool.map(_ready, range(self.processes)))
         except Exception as exc:  # e.g. a daemonic host process may not have children

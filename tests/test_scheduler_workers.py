@@ -103,13 +103,13 @@ def test_a_reused_pid_does_not_keep_a_dead_workers_lease(db_url, tmp_path, serve
     import os
     import socket
 
-    from smartpush_plugin_klaviyo import lease
+    from smartpush_plugin_klaviyo import lease, processes
 
     host = make_host(db_url, tmp_path, server)
     h = Harness(host=host, server=server, account=account)
     h.install_and_authorize(DEFAULT_API_KEY)
     parent = os.getppid()  # alive, and not this process
-    real_start = lease._start_time(parent)
+    real_start = processes.start_time(parent)
     assert real_start
     assert not lease._dead_local_owner(f"{socket.gethostname()}:{parent}:{real_start}:cafe0001")
     reused = f"{socket.gethostname()}:{parent}:{real_start + 1}:cafe0002"
