@@ -110,6 +110,10 @@ class SpContactTag(SQLModel, table=True):
             ondelete="CASCADE",
             name="fk_sp_contact_tags_contact",
         ),
+        # Small rows that are all key: on SQLite the primary key is the table itself
+        # instead of a rowid table plus an index of the key, one B-tree fewer per insert
+        # (a sync writes ~3.4 tags per profile). Other databases ignore the option.
+        {"sqlite_with_rowid": False},
     )
 
     store_id: str = Field(primary_key=True, max_length=200)
