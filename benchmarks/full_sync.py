@@ -35,7 +35,9 @@ What it does
    the kernel's per-thread scheduler statistics: what the serial stage waits for. The
    *CPU budget* line adds up the CPU of the sync, its helpers and the stand-in (all on
    the same cores) and divides it by the cores: no schedule of that work can be faster,
-   so profiles over it is the ceiling at that CPU per profile.
+   so profiles over it is the ceiling at that CPU per profile. ``--writer-split`` also
+   splits the writer's CPU by step of the write path (profile pages, new contacts,
+   lookups, membership pages, tags, checkpoints; :class:`WriterSplit`).
 
 The bounds (seconds)
 --------------------
@@ -585,6 +587,71 @@ def window_phases(budgets_seen: list, started: float, latency: float, scale: flo
 
 
 # -------------------------------------------------------------------------- main
+class WriterSplit:
+    """The writer thread's CPU time inside each step of the write path (``--writer-split``).
+
+    Wraps the methods below for the duration of the run; only calls made in the thread
+    that created it (the one that calls the sync, which is the writer) are counted, with
+    that thread's own CPU clock, so waiting for the interpreter lock or the disk is not.
+    A step that calls another counts the inner step's time too.
+    """
+
+    STEPS = (
+        ("smartpush_plugin_klaviyo.sync", "SyncRun", "_write_loop", "write loop (all the writer does)"),
+        ("smartpush_plugin_klaviyo.sync", "SyncRun", "_apply", "  applying messages"),
+        ("smartpush_plugin_klaviyo.writer", "PageWriter", "write_mapped", "    profile pages"),
+        ("smartpush_devhost.contacts", "SqlContactStore", "create_many", "      new contacts (encrypt, insert)"),
+        ("smartpush_devhost.contacts", "SqlContactStore", "find_by_emails", "      contacts by email"),
+        ("smartpush_devhost.contacts", "SqlContactStore", "find_by_phones", "      contacts by phone"),
+        ("smartpush_plugin_klaviyo.writer", "PageWriter", "add_membership_tags",
+         "      tags of memberships seen before"),
+        ("smartpush_plugin_klaviyo.writer", "PageWriter", "write_members", "    membership pages"),
+        ("smartpush_plugin_klaviyo.writer", "PageWriter", "_uids_of", "      contacts of their members"),
+        ("smartpush_devhost.contacts", "SqlContactStore", "add_tags", "    tags added (both page kinds)"),
+        ("smartpush_plugin_klaviyo.run_state", "RunState", "advance", "    checkpoints"),
+        ("smartpush_plugin_klaviyo.run_state", "RunState", "verify", "  lease and epoch checks"),
+        ("sqlalchemy.engine.default", "DefaultDialect", "do_commit", "  commits"),
+        ("smartpush_plugin_klaviyo.memory", "HeapTrimmer", "maybe_trim", "  freed heap returned to the OS"),
+    )
+
+    def __init__(self) -> None:
+        import importlib
+        import threading
+
+        self._thread = threading.get_ident()
+        self._seconds = {label: 0.0 for *_, label in self.STEPS}
+        self._saved = []
+        for module, cls_name, name, label in self.STEPS:
+            cls = getattr(importlib.import_module(module), cls_name)
+            original = cls.__dict__[name]
+            self._saved.append((cls, name, original))
+            setattr(cls, name, self._wrap(original, label))
+
+    def _wrap(self, fn, label):
+        import threading
+
+        seconds, me, clock = self._seconds, self._thread, time.thread_time
+
+        def timed(*args, **kwargs):
+            if threading.get_ident() != me:
+                return fn(*args, **kwargs)
+            start = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[label] += clock() - start
+
+        return timed
+
+    def remove(self) -> None:
+        for cls, name, original in self._saved:
+            setattr(cls, name, original)
+        self._saved.clear()
+
+    def seconds(self) -> dict[str, float]:
+        return {label: round(s, 3) for label, s in self._seconds.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--profiles", type=int, default=20000)
@@ -604,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--incremental-after", type=float, default=None, metavar="PERCENT",
                    help="not available with a separate stand-in process (see the docstring)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--writer-split", action="store_true",
+                   help="also split the writer thread's CPU by step (per-thread CPU time around each step)")
     args = p.parse_args(argv)
 
     from hookspecs import get_plugin_manager
@@ -665,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         sampler = RssSampler(exclude=exclude)
         sampler.start()
         helpers0 = helpers_cpu_seconds(exclude)
+        writer_split = WriterSplit() if args.writer_split else None
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         t0_monotonic = time.monotonic()
         t0 = time.perf_counter()
@@ -675,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
                 report = service.sync(ctx, "full", options)
         finally:
             unwatch()
+            if writer_split is not None:
+                writer_split.remove()
         wall = time.perf_counter() - t0
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
         sampler.stop()
@@ -748,6 +820,8 @@ def main(argv: list[str] | None = None) -> int:
         "account_shape_seconds": round(shape_seconds, 2),
         "notes": notes,
     }
+    if writer_split is not None:
+        result["writer_cpu_by_step_seconds"] = writer_split.seconds()
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0 if report.outcome == "completed" else 1
@@ -801,6 +875,12 @@ def main(argv: list[str] | None = None) -> int:
               f"chain {b['t_chain']:.2f} [{b['chain_pages']} pages])")
     print(f"  info: at the plugin's 90% margin {bound90:.2f} s; "
           f"latency*pages/workers {b['concurrency_floor']:.2f} s (workers {eff.workers})")
+    if writer_split is not None:
+        imported = max(1, counts.get("profiles_imported", 0))
+        print("  writer by step (CPU of the writer thread in each step, steps inside others included in both; "
+              "µs per imported profile):")
+        for step, seconds in result["writer_cpu_by_step_seconds"].items():
+            print(f"    {step:<52} {seconds:7.2f} s  {seconds / imported * 1e6:6.1f} µs")
     print(f"wall / bound   : {result['wall_over_bound']}")
     print(f"profiles/s     : {result['profiles_per_second']}")
     print(f"peak RSS       : {result['peak_rss_mb']} MiB (sync process; before sync {result['rss_before_sync_mb']} MiB)")
