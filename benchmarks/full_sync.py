@@ -596,32 +596,37 @@ class WriterSplit:
     A step that calls another counts the inner step's time too.
     """
 
-    STEPS = (
-        ("smartpush_plugin_klaviyo.sync", "SyncRun", "_write_loop", "write loop (all the writer does)"),
-        ("smartpush_plugin_klaviyo.sync", "SyncRun", "_apply", "  applying messages"),
-        ("smartpush_plugin_klaviyo.writer", "PageWriter", "write_mapped", "    profile pages"),
-        ("smartpush_devhost.contacts", "SqlContactStore", "create_many", "      new contacts (encrypt, insert)"),
-        ("smartpush_devhost.contacts", "SqlContactStore", "find_by_emails", "      contacts by email"),
-        ("smartpush_devhost.contacts", "SqlContactStore", "find_by_phones", "      contacts by phone"),
-        ("smartpush_plugin_klaviyo.writer", "PageWriter", "add_membership_tags",
-         "      tags of memberships seen before"),
-        ("smartpush_plugin_klaviyo.writer", "PageWriter", "write_members", "    membership pages"),
-        ("smartpush_plugin_klaviyo.writer", "PageWriter", "_uids_of", "      contacts of their members"),
-        ("smartpush_devhost.contacts", "SqlContactStore", "add_tags", "    tags added (both page kinds)"),
-        ("smartpush_plugin_klaviyo.run_state", "RunState", "advance", "    checkpoints"),
-        ("smartpush_plugin_klaviyo.run_state", "RunState", "verify", "  lease and epoch checks"),
-        ("sqlalchemy.engine.default", "DefaultDialect", "do_commit", "  commits"),
-        ("smartpush_plugin_klaviyo.memory", "HeapTrimmer", "maybe_trim", "  freed heap returned to the OS"),
-    )
+    STEPS = """
+        smartpush_plugin_klaviyo.sync:SyncRun._write_loop               | write loop (all the writer does)
+        smartpush_plugin_klaviyo.sync:SyncRun._apply                    |   applying messages
+        smartpush_plugin_klaviyo.writer:PageWriter.write_mapped         |     profile pages
+        smartpush_devhost.contacts:SqlContactStore.create_many          |       new contacts (encrypt, insert)
+        smartpush_devhost.contacts:SqlContactStore.find_by_emails       |       contacts by email
+        smartpush_devhost.contacts:SqlContactStore.find_by_phones       |       contacts by phone
+        smartpush_plugin_klaviyo.writer:PageWriter.add_membership_tags  |       tags of memberships seen before
+        smartpush_plugin_klaviyo.writer:PageWriter.write_members        |     membership pages
+        smartpush_plugin_klaviyo.writer:PageWriter._uids_of             |       contacts of their members
+        smartpush_devhost.contacts:SqlContactStore.add_tags             |     tags added (both page kinds)
+        smartpush_plugin_klaviyo.run_state:RunState.advance             |     checkpoints
+        smartpush_plugin_klaviyo.run_state:RunState.verify              |   lease and epoch checks
+        sqlalchemy.engine.default:DefaultDialect.do_commit              |   commits
+        smartpush_plugin_klaviyo.memory:HeapTrimmer.maybe_trim          |   freed heap returned to the OS
+    """
+    """``module:Class.method | label``, the label indented under the step it runs in."""
 
     def __init__(self) -> None:
         import importlib
         import threading
 
         self._thread = threading.get_ident()
-        self._seconds = {label: 0.0 for *_, label in self.STEPS}
+        self._seconds = {}
         self._saved = []
-        for module, cls_name, name, label in self.STEPS:
+        for line in filter(str.strip, self.STEPS.splitlines()):
+            where, label = line.split("|")
+            module, _, qualname = where.strip().partition(":")
+            cls_name, name = qualname.split(".")
+            label = label[1:].rstrip()
+            self._seconds[label] = 0.0
             cls = getattr(importlib.import_module(module), cls_name)
             original = cls.__dict__[name]
             self._saved.append((cls, name, original))
