@@ -143,18 +143,17 @@ def _init_helper(parent_pid: int, parent_start: int | None) -> None:
     ~110 MB stayed behind per killed sync. So a helper watches the process it works for
     and exits once that process is gone (or is another process under a reused PID)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if processes.is_gone(parent_pid, parent_start):
-        os._exit(1)
     threading.Thread(
         target=_exit_with, args=(parent_pid, parent_start), name="klaviyo-helper-watch", daemon=True
     ).start()
 
 
 def _exit_with(parent_pid: int, parent_start: int | None) -> None:
-    while True:
+    """Exit once the process this helper works for is gone (checked at once, then every
+    :data:`PARENT_CHECK_SECONDS`)."""
+    while not processes.is_gone(parent_pid, parent_start):
         time.sleep(PARENT_CHECK_SECONDS)
-        if processes.is_gone(parent_pid, parent_start):
-            os._exit(1)
+    os._exit(1)
 
 
 def _context():
