@@ -26,6 +26,7 @@ appears in an exception or ``repr``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import random
@@ -119,6 +120,7 @@ def endpoint_template(path: str) -> str:
     return path
 
 
+@functools.lru_cache(maxsize=64)  # one host per client: called for every link followed
 def _host_key(host: str | None) -> str:
     """A host name compared by meaning: case and a trailing dot ignored, every loopback
     spelling (``localhost``, ``127.x.y.z``, ``::1``) one name."""
@@ -185,6 +187,9 @@ class KlaviyoClient:
         self._base = base
         self._origin = (base.scheme, base.host.lower(), base.port or _DEFAULT_PORTS[base.scheme])
         self._origin_key = (base.scheme, _host_key(base.host), self._origin[2])
+        # A link spelled exactly like base_url (the usual case) is requested as parsed;
+        # httpx would otherwise parse the URL twice more (~50 µs each for a cursor link).
+        self._spelling = (base.scheme, base.raw_host, base.port, b"")
         self.revision = revision
         self.budgets = budgets if budgets is not None else RateBudgets()
         self.max_retries = max(0, int(max_retries))
@@ -266,9 +271,12 @@ class KlaviyoClient:
             if origin != self._origin_key:
                 log.warning("refused to follow a link to another origin (%s://%s)", scheme, parsed.host)
                 raise ForeignURLError(endpoint=endpoint_template(parsed.path))
-            # Same origin, perhaps spelled differently: request the link's path and query
-            # from base_url (never from the host as the link spells it).
-            url = str(self._base.copy_with(raw_path=parsed.raw_path))
+            if (scheme, parsed.raw_host, parsed.port, parsed.userinfo) == self._spelling and not parsed.fragment:
+                url = parsed  # base_url's own spelling, nothing more: the same request
+            else:
+                # Same origin, spelled differently: request the link's path and query
+                # from base_url (never from the host as the link spells it).
+                url = self._base.copy_with(raw_path=parsed.raw_path)
         query = unquote(parsed.query.decode("ascii", "replace")) if parsed.query else ""
         for forbidden in FORBIDDEN_FIELDS:
             if forbidden in query:
@@ -324,7 +332,7 @@ class KlaviyoClient:
                     raise ConfigurationError(f"the plugin never requests {forbidden}")
         return out
 
-    def _call(self, template: str, target: str, params: dict | None, profile_count: bool, decode: Decoder | None) -> Any:
+    def _call(self, template: str, target: str | httpx.URL, params: dict | None, profile_count: bool, decode: Decoder | None) -> Any:
         if self._closed:
             raise ConfigurationError("the client is closed")
         budgets = self.budgets.for_request(template, profile_count)
@@ -338,7 +346,7 @@ class KlaviyoClient:
         with self._stats_lock:
             self._stats[key] = self._stats.get(key, 0) + 1
 
-    def _attempt(self, template: str, target: str, params: dict | None, budgets: tuple, decode: Decoder | None) -> Any:
+    def _attempt(self, template: str, target: str | httpx.URL, params: dict | None, budgets: tuple, decode: Decoder | None) -> Any:
         cancel = self.cancel_event
         # The endpoint's own budget comes first in ``budgets`` and is taken last (a stacked,
         # stricter budget may make the request wait; the endpoint's grant should not sit
@@ -385,7 +393,7 @@ class KlaviyoClient:
         budgets[0].observe(headers, ticket=ticket)
         raise self._error(template, response, content)
 
-    def _fetch(self, template: str, target: str, params: dict | None) -> tuple[httpx.Response, bytes]:
+    def _fetch(self, template: str, target: str | httpx.URL, params: dict | None) -> tuple[httpx.Response, bytes]:
         """Send the request and read its body within hard limits (see :meth:`_read`)."""
         try:
             return self._read(template, target, params)
@@ -396,7 +404,7 @@ class KlaviyoClient:
         except httpx.TransportError as exc:
             raise TransientError(f"connection failed ({type(exc).__name__})", endpoint=template) from None
 
-    def _read(self, template: str, target: str, params: dict | None) -> tuple[httpx.Response, bytes]:
+    def _read(self, template: str, target: str | httpx.URL, params: dict | None) -> tuple[httpx.Response, bytes]:
         """Send the request and read its body within hard limits: at most
         :data:`MAX_BODY_BYTES` once decompressed (a gzip bomb or an endless chunked body is
         cut off, never held in memory) and :data:`MAX_REQUEST_SECONDS` in all (a body that

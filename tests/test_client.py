@@ -302,6 +302,18 @@ def test_get_url_refuses_other_origins(server):
     assert len(server.requests) == 2
 
 
+def test_a_followed_link_sends_its_path_and_query_and_nothing_else(server):
+    """A link spelled like base_url is requested as parsed; one with credentials or a
+    fragment is rebuilt on base_url: the credentials never replace the key."""
+    host_port = server.base_url.split("//")[1]
+    query = "/api/profiles/?page%5Bcursor%5D=2&page%5Bsize%5D=2&filter=equals%28id%2C%22a%2Bb%22%29"
+    with fast_client(server) as client:
+        for url in (server.base_url + query, f"http://user:pw@{host_port}{query}", f"{server.base_url}{query}#part"):
+            assert client.get_url(url)["data"]
+    assert [r["path"] for r in server.requests] == [query] * 3
+    assert {r["headers"]["Authorization"] for r in server.requests} == {f"Klaviyo-API-Key {KEY}"}
+
+
 def test_pagination_stops_at_a_foreign_next_link():
     with ScriptedServer() as other, ScriptedServer(profiles=30, page_host=None) as srv:
         srv.page_host = other.base_url
