@@ -92,7 +92,12 @@ class KlaviyoProfileMap(SQLModel, table=True):
     """Klaviyo profile id -> SmartPush contact uid (the ID mapping)."""
 
     __tablename__ = "klaviyo_profile_map"
-    __table_args__ = (Index("ix_klaviyo_profile_map_uid", "store_id", "contact_uid"),)
+    __table_args__ = (
+        Index("ix_klaviyo_profile_map_uid", "store_id", "contact_uid"),
+        # On SQLite the table is its primary key's B-tree: a row (~150 bytes) is small
+        # enough, and each profile mapped updates one B-tree fewer. Others ignore it.
+        {"sqlite_with_rowid": False},
+    )
 
     store_id: str = Field(primary_key=True, max_length=200)
     klaviyo_id: str = Field(primary_key=True, max_length=64)
