@@ -185,8 +185,7 @@ class KlaviyoClient:
             raise ConfigurationError("base_url must be an absolute http(s) URL")
         self.base_url = str(base)
         self._base = base
-        self._origin = (base.scheme, base.host.lower(), base.port or _DEFAULT_PORTS[base.scheme])
-        self._origin_key = (base.scheme, _host_key(base.host), self._origin[2])
+        self._origin_key = (base.scheme, _host_key(base.host), base.port or _DEFAULT_PORTS[base.scheme])
         # A link spelled exactly like base_url (the usual case) is requested as parsed;
         # httpx would otherwise parse the URL twice more (~50 µs each for a cursor link).
         self._spelling = (base.scheme, base.raw_host, base.port, b"")
