@@ -204,6 +204,13 @@ class SyncRun:
             else:
                 self._confirm_swept_profiles()
             self._finish_run(run)
+        except Exception:
+            # What the run's own thread raised after an abort (a request cancelled under
+            # it, a closed spool) is the abort's consequence: report the abort itself, so
+            # a host stop stays "stopped" and its job is due again at once.
+            if self.aborted is not None:
+                raise self.aborted from None
+            raise
         finally:
             self.finished.set()
             self.spool.close()

@@ -444,3 +444,31 @@ def test_a_mapped_contact_deleted_from_the_host_comes_back_once_with_its_klaviyo
             assert len(holders) == 1, f"{len(holders)} contacts hold the deleted contact's email"
             assert holders[0]["klaviyo_ids"] == gone["klaviyo_ids"]
             assert holders[0]["tags"] == gone["tags"]
+
+
+def test_a_stop_while_the_groups_are_read_reports_stopped_not_cancelled(h):
+    """A stop that lands while the run's own thread is waiting on Klaviyo (reading the
+    lists) is a stop: the scheduler gives the job back at once; "cancelled" would push a
+    first import back by a day."""
+    from smartpush_plugin_klaviyo import service
+    from smartpush_plugin_klaviyo.sync import SyncOptions
+
+    h.install_and_authorize(DEFAULT_API_KEY)
+    h.server.reset_stats()
+    h.server.inject("/api/lists", kind="slow", delay=1.0)
+    stop = threading.Event()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(report=service.sync(h.ctx, "full", SyncOptions(stop_event=stop))))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while h.server.stats.get("GET /api/profiles", 0) < 2:  # both probes answered: the lists are being read
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.2)
+    stop.set()
+    worker.join(timeout=30)
+    assert h.server.stats.get("GET /api/lists", 0) <= 1
+    assert result["report"].outcome == "stopped", result["report"].message
+    assert h.status().extra["resumable_run"]
+    report = h.sync("full")
+    assert report.outcome == "completed" and report.resumed, report.message
