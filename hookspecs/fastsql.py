@@ -257,3 +257,18 @@ def bind_value(conn: Connection, column, value: Any) -> Any:
     # dialect_impl: the dialect's own type (SQLite formats datetimes as text itself)
     processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     return processor(value) if processor else value
+
+
+def dialect_insert(conn: Connection, table):
+    """An ``INSERT`` into ``table`` for the connection's dialect, so it offers
+    ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (SQLite and PostgreSQL)."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    raise NotImplementedError(f"unsupported database dialect {name}")

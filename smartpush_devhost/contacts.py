@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
+from hookspecs.fastsql import FastStatement, InListStatement, bind_value, dialect_insert
+from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 from smartpush_devhost.crypto import Keyring
 from smartpush_devhost.ids import new_uids
 from smartpush_devhost.models import contacts_t, tags_t, utcnow
-from hookspecs.fastsql import FastStatement, InListStatement, bind_value
-from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 
 CHUNK = 500
 """Max values in one ``IN (...)`` list: far below every backend's parameter limit."""
@@ -55,20 +55,6 @@ except ImportError:  # pragma: no cover
 def _chunks(items: Sequence, size: int = CHUNK):
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def dialect_insert(tx: Tx, table):
-    """An INSERT supporting ``on_conflict_do_nothing`` for the connection's dialect."""
-    name = tx.dialect.name
-    if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(table)
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    raise NotImplementedError(f"unsupported database dialect {name}")
 
 
 def contact_aad(store_id: str, uid: str) -> bytes:

@@ -13,14 +13,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from smartpush_devhost.contacts import SqlContactStore, dialect_insert
+from hookspecs.fastsql import dialect_insert
+from hookspecs.interfaces import HostContext
+from smartpush_devhost.contacts import SqlContactStore
 from smartpush_devhost.crypto import Keyring, load_keyring
 from smartpush_devhost.models import stores_t, utcnow
 from smartpush_devhost.plan import SqlPlan
 from smartpush_devhost.scheduler import JobRun, SqlScheduler, run_due
 from smartpush_devhost.secrets import SqlSecretStore
 from smartpush_devhost.storage import SqlStorage
-from hookspecs.interfaces import HostContext
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from smartpush_devhost.contacts import dialect_insert
+from hookspecs.fastsql import dialect_insert
 from smartpush_devhost.models import plans_t, utcnow
 from smartpush_devhost.storage import SqlStorage
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import and_, delete, select, update
 
-from smartpush_devhost.contacts import dialect_insert
+from hookspecs.fastsql import dialect_insert
 from smartpush_devhost.models import jobs_t, utcnow
 from smartpush_devhost.storage import SqlStorage
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import and_, delete, select
 
-from smartpush_devhost.contacts import dialect_insert
+from hookspecs.fastsql import dialect_insert
 from smartpush_devhost.crypto import Keyring
 from smartpush_devhost.models import secrets_t, utcnow
 from smartpush_devhost.storage import SqlStorage
