@@ -272,3 +272,27 @@ def dialect_insert(conn: Connection, table):
 
         return pg_insert(table)
     raise NotImplementedError(f"unsupported database dialect {name}")
+
+
+class InsertIgnoringDuplicates:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into ``table``, a :class:`FastStatement` per
+    dialect (built on first use): rows whose key is already present are skipped.
+
+    Run through the driver's executemany, so ``rowcount`` counts the rows that were new
+    (SQLAlchemy batches PostgreSQL inserts into one multi-VALUES statement and then
+    reports no rowcount).
+    """
+
+    def __init__(self, table, column_keys: Sequence[str]):
+        self.table = table
+        self.column_keys = tuple(column_keys)
+        self._by_dialect: dict[str, FastStatement] = {}
+
+    def executemany_tuples(self, conn: Connection, rows: Sequence[tuple]) -> CursorResult:
+        """Insert ``rows`` (tuples in :attr:`column_keys` order); see the class doc."""
+        stmt = self._by_dialect.get(conn.dialect.name)
+        if stmt is None:
+            stmt = self._by_dialect[conn.dialect.name] = FastStatement(
+                dialect_insert(conn, self.table).on_conflict_do_nothing(), self.column_keys
+            )
+        return stmt.executemany_tuples(conn, self.column_keys, rows)

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 
-from hookspecs.fastsql import FastStatement, InListStatement, bind_value, dialect_insert
+from hookspecs.fastsql import FastStatement, InListStatement, InsertIgnoringDuplicates, bind_value
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 from smartpush_devhost.crypto import Keyring
 from smartpush_devhost.ids import new_uids
@@ -242,10 +242,9 @@ class SqlContactStore:
         rows = [(store, u, t) for u, t in dict.fromkeys(pairs)]
         if not rows:
             return 0
-        stmt = _add_tag_statement(tx)
         added = 0
         for chunk in _chunks(rows):
-            added += max(stmt.executemany_tuples(tx, _TAG_KEYS, chunk).rowcount, 0)
+            added += max(_ADD_TAG.executemany_tuples(tx, chunk).rowcount, 0)
         return added
 
     def remove_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
@@ -355,22 +354,8 @@ _UPDATE_CONTACT = FastStatement(
 )
 
 
-_ADD_TAG: dict[str, FastStatement] = {}
 _TAG_KEYS = ("store_id", "contact_uid", "tag")
-
-
-def _add_tag_statement(tx: Tx) -> FastStatement:
-    """INSERT ... ON CONFLICT DO NOTHING for tags, per dialect.
-
-    Run through the driver's executemany: SQLAlchemy batches PostgreSQL inserts into
-    one multi-VALUES statement and then reports no rowcount, but we must count the
-    pairs that were new.
-    """
-    stmt = _ADD_TAG.get(tx.dialect.name)
-    if stmt is None:
-        stmt = FastStatement(dialect_insert(tx, tags_t).on_conflict_do_nothing(), _TAG_KEYS)
-        _ADD_TAG[tx.dialect.name] = stmt
-    return stmt
+_ADD_TAG = InsertIgnoringDuplicates(tags_t, _TAG_KEYS)
 
 
 def _check_status(value) -> None:
