@@ -611,6 +611,7 @@ class WriterSplit:
         smartpush_plugin_klaviyo.run_state:RunState.verify              |   lease and epoch checks
         sqlalchemy.engine.default:DefaultDialect.do_commit              |   commits
         smartpush_plugin_klaviyo.memory:HeapTrimmer.maybe_trim          |   freed heap returned to the OS
+        smartpush_plugin_klaviyo.sync:SyncRun._tag_deferred_groups      | tags of groups new to the run, after the loop
     """
     """``module:Class.method | label``, the label indented under the step it runs in."""
 

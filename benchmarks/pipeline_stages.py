@@ -11,7 +11,9 @@ pages (what ``GET /api/profiles`` returns), then times, per profile: decoding th
 (:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_mapped`: merge lookups, contact
 encryption, id map) into a fresh SQLite file, and writing the account's real memberships
 (:meth:`~smartpush_plugin_klaviyo.writer.PageWriter.write_members`, with the tags of the
-account's lists and segments, which are reconciled first as a sync does).
+account's lists and segments, which are reconciled first as a sync does; as in a first sync,
+the groups hold no members yet, so their members are tagged group by group after the last
+page, by :meth:`~smartpush_plugin_klaviyo.writer.PageWriter.apply_deferred_tags`).
 
 ``--busy-other-core`` runs a CPU-bound process for the duration, as the stand-in does in
 ``full_sync.py``: on a machine whose two vCPUs share a physical core, every stage gets
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         for group_id, members in member_pages:
             with host.storage.transaction() as tx:
                 writer.write_members(tx, group_id, members)
+        # As a sync does when its reading ends: the groups held no members before.
+        for group_id in sorted(writer.deferred_groups(tx)):
+            with host.storage.transaction() as tx:
+                writer.apply_deferred_tags(tx, [group_id])
         t["write memberships"] = time.perf_counter() - t0
         with host.storage.transaction(readonly=True) as tx:
             n_tags = sum(ctx.contacts.tag_counts(tx).values())

@@ -23,6 +23,7 @@ from hookspecs.types import SubscriptionStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.sql import Select
 
     Tx = Connection
     """A SQLAlchemy connection inside an open transaction, from :meth:`Storage.transaction`."""
@@ -125,6 +126,15 @@ class ContactStore(Protocol):
 
     def add_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
         """Add ``(uid, tag)`` pairs; already present pairs are ignored. Returns how many were new."""
+
+    def add_tags_selected(self, tx: Tx, pairs: Select) -> int:
+        """Add the ``(uid, tag)`` pairs a query selects, in one statement run by the database.
+
+        ``pairs`` is a ``SELECT`` of two columns, a uid and a tag, over tables of the same
+        database (a plugin's own), run in ``tx``. Uids that are not contacts of this store
+        are passed over and present pairs are ignored. Returns how many pairs were new.
+        For bulk tagging: no row travels through Python.
+        """
 
     def remove_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
         """Remove ``(uid, tag)`` pairs; absent pairs are ignored. Returns how many were removed."""

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.sql import Select
 
-from hookspecs.fastsql import FastStatement, InListStatement, InsertIgnoringDuplicates, bind_value
+from hookspecs.fastsql import FastStatement, InListStatement, InsertIgnoringDuplicates, bind_value, dialect_insert
 from hookspecs.interfaces import Contact, NewContact, Tx, normalize_email_key
 from smartpush_devhost.crypto import Keyring
 from smartpush_devhost.ids import new_uids
@@ -246,6 +247,22 @@ class SqlContactStore:
         for chunk in _chunks(rows):
             added += max(_ADD_TAG.executemany_tuples(tx, chunk).rowcount, 0)
         return added
+
+    def add_tags_selected(self, tx: Tx, pairs: Select) -> int:
+        """Add the ``(uid, tag)`` pairs the two-column query ``pairs`` selects, in one
+        ``INSERT ... SELECT`` (uids of other stores or of no contact are passed over,
+        present pairs ignored). Returns how many pairs were new."""
+        q = pairs.subquery()
+        uid, tag = list(q.c)
+        source = (
+            select(contacts_t.c.store_id, contacts_t.c.uid, tag)
+            .select_from(q.join(contacts_t, and_(contacts_t.c.store_id == self.store_id, contacts_t.c.uid == uid)))
+            # a WHERE also keeps SQLite from reading the upsert's ON as the join's
+            .where(contacts_t.c.store_id == self.store_id)
+        )
+        stmt = dialect_insert(tx, tags_t).from_select(["store_id", "contact_uid", "tag"], source).on_conflict_do_nothing()
+        # SQLAlchemy keeps the count of an INSERT only when asked (psycopg's is -1 otherwise)
+        return max(tx.execute(stmt.execution_options(preserve_rowcount=True)).rowcount, 0)
 
     def remove_tags(self, tx: Tx, pairs: Iterable[tuple[str, str]]) -> int:
         """Remove ``(uid, tag)`` pairs; absent pairs are ignored. Returns how many were removed."""

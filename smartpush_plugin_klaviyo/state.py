@@ -130,6 +130,11 @@ class KlaviyoGroup(SQLModel, table=True):
     checked_run: Optional[str] = None
     """The run that last verified this group's membership (scan or count check)."""
     member_count: int = 0
+    tags_deferred: Optional[bool] = None
+    """Members of this group may still lack its tag: the group held no members when the
+    run began, so its member pages were stored without tagging anyone and the run tags
+    them all with one statement when its reading ends (the next run does, if this one
+    stopped first). ``None``/``False``: every mapped member carries the tag."""
 
 
 class KlaviyoMembership(SQLModel, table=True):

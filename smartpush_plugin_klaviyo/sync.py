@@ -199,6 +199,7 @@ class SyncRun:
             self._set_phase("profiles_and_memberships")
             self._run_streams()
             self._set_phase("finishing")
+            self._tag_deferred_groups()
             if self.mode == "full":
                 self._confirm_deleted_profiles()
             else:
@@ -540,6 +541,18 @@ class SyncRun:
         return max(100, math.ceil(mapped / self.options.sweep_runs))
 
     # ------------------------------------------------------------- finish
+    def _tag_deferred_groups(self) -> None:
+        """Tag the members of the groups that held none when the run began (their pages
+        were stored untagged): one statement and one transaction per group."""
+        with self.ctx.storage.transaction(readonly=True) as tx:
+            groups = sorted(self.writer.deferred_groups(tx))
+        for group_id in groups:
+            if self.aborted is not None:
+                raise self.aborted
+            with self.ctx.storage.transaction() as tx:
+                self.state.verify(tx)
+                self.writer.apply_deferred_tags(tx, [group_id])
+
     def _confirm_deleted_profiles(self) -> None:
         """Full runs: mapped profiles not seen are checked by id; the gone are unmapped."""
         with self.ctx.storage.transaction(readonly=True) as tx:

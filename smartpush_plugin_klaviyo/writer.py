@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import String, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import String, and_, bindparam, delete, exists, func, insert, select, update
 
 from hookspecs.fastsql import FastStatement, InListStatement, InsertIgnoringDuplicates, bind_value
 from hookspecs.interfaces import Contact, HostContext, normalize_email_key
@@ -63,30 +63,88 @@ class PageWriter:
         self.gen = gen
         self.counters = counters
         self._group_tags: dict[str, str] | None = None
+        self._deferred: set[str] = set()
         self._fresh_scans: dict[str, bool] = {}
 
     def group_tags(self, tx) -> dict[str, str]:
         """group id -> tag, read once per run (groups only change in the groups phase)."""
         if self._group_tags is None:
-            self._group_tags = dict(
-                tx.execute(select(group_t.c.group_id, group_t.c.tag).where(group_t.c.store_id == self.store_id)).all()
-            )
+            rows = tx.execute(
+                select(group_t.c.group_id, group_t.c.tag, group_t.c.tags_deferred).where(group_t.c.store_id == self.store_id)
+            ).all()
+            self._group_tags = {gid: tag for gid, tag, _deferred in rows}
+            self._deferred = {gid for gid, _tag, deferred in rows if deferred}
         return self._group_tags
+
+    def deferred_groups(self, tx) -> set[str]:
+        """Groups whose members are tagged when the run's reading ends (``tags_deferred``)."""
+        self.group_tags(tx)
+        return self._deferred
 
     def forget_groups(self) -> None:
         """Call after groups changed (renames, deletions) so the next page reads them again."""
         self._group_tags = None
+
+    def defer_tags_of_empty_groups(self, tx) -> None:
+        """Groups that hold no members yet (every group of a first sync, a new group) get
+        their tags in one statement per group when the run's reading ends, instead of
+        page by page: no uid lookup and no tag insert from Python for each member page,
+        and none for each profile page read after its memberships.
+
+        The flag is stored with the groups, so a run that stops first leaves it for the
+        next run to act on (:meth:`apply_deferred_tags` at its start).
+        """
+        m = membership_t
+        holds_members = exists().where(and_(m.c.store_id == group_t.c.store_id, m.c.group_id == group_t.c.group_id))
+        tx.execute(
+            update(group_t)
+            .where(and_(group_t.c.store_id == self.store_id, ~holds_members))
+            .values(tags_deferred=True)
+        )
+        self.forget_groups()
+
+    def apply_deferred_tags(self, tx, group_ids: Iterable[str] | None = None) -> int:
+        """Tag every mapped member of these deferred groups (``None``: all of them), one
+        ``INSERT ... SELECT`` per group run by the database, and clear their flag.
+        Returns how many tags were new."""
+        deferred = self.deferred_groups(tx)
+        chosen = sorted(deferred if group_ids is None else deferred.intersection(group_ids))
+        m, pm = membership_t, profile_map_t
+        added = 0
+        for gid in chosen:
+            pairs = (
+                select(pm.c.contact_uid, group_t.c.tag)
+                .select_from(
+                    m.join(pm, and_(pm.c.store_id == m.c.store_id, pm.c.klaviyo_id == m.c.klaviyo_id)).join(
+                        group_t, and_(group_t.c.store_id == m.c.store_id, group_t.c.group_id == m.c.group_id)
+                    )
+                )
+                .where(and_(m.c.store_id == self.store_id, m.c.group_id == gid, group_t.c.tag != ""))
+            )
+            added += self.ctx.contacts.add_tags_selected(tx, pairs)
+            tx.execute(
+                update(group_t)
+                .where(and_(group_t.c.store_id == self.store_id, group_t.c.group_id == gid))
+                .values(tags_deferred=None)
+            )
+            # If this transaction fails the run ends; a flag cleared only here errs the
+            # safe way (this run's later pages of the group tag as they go).
+            deferred.discard(gid)
+        return added
 
     def add_membership_tags(self, tx, kid_uid: dict[str, str]) -> None:
         """Add the tags of the groups these (newly mapped) profiles belong to; add-only."""
         if not kid_uid:
             return
         tags = self.group_tags(tx)
+        deferred = self._deferred
+        if deferred and deferred.issuperset(tags):
+            return  # every group tags its members when the run's reading ends
         pairs = []
         for chunk in _chunks(list(kid_uid)):
             for kid, gid in _MEMBERS_OF_KIDS.execute(tx, {"store": self.store_id, "kids": chunk}):
                 tag = tags.get(gid)
-                if tag is not None:
+                if tag is not None and gid not in deferred:
                     pairs.append((kid_uid[kid], tag))
         if pairs:
             self.ctx.contacts.add_tags(tx, pairs)
@@ -373,7 +431,7 @@ class PageWriter:
             # A new membership can only add this group's tag: no full reconciliation needed
             # (add_tags ignores pairs already present).
             tag = self.group_tags(tx).get(group_id)
-            if tag:
+            if tag and group_id not in self._deferred:
                 uids = self._uids_of(tx, new)
                 if uids:
                     self.ctx.contacts.add_tags(tx, [(u, tag) for u in sorted(uids)])

@@ -91,6 +91,27 @@ def test_tags(host, store_ids):
         assert cs.tags_of(tx, [u1, u2]) == {u1: set(), u2: set()}
 
 
+def test_add_tags_selected_runs_a_query_of_pairs_in_the_database(host, store_ids):
+    from sqlalchemy import Column, MetaData, String, Table, insert, select
+
+    a, b = store_ids(2)
+    ca, cb = host.contacts(a), host.contacts(b)
+    pairs_t = Table(f"test_pairs_{a}", MetaData(), Column("uid", String(64)), Column("tag", String(200)))
+    with host.storage.transaction() as tx:
+        pairs_t.create(tx)
+        u1, u2 = ca.create_many(tx, _people(2))
+        (other,) = cb.create_many(tx, _people(1))
+        ca.add_tags(tx, [(u1, "kept")])
+        rows = [(u1, "kept"), (u1, "new"), (u2, "new"), (u2, "new"), (other, "new"), ("sp_nobody", "new")]
+        tx.execute(insert(pairs_t), [{"uid": u, "tag": t} for u, t in rows])
+        # present pairs, repeated pairs, another store's contact and no contact at all: passed over
+        assert ca.add_tags_selected(tx, select(pairs_t.c.uid, pairs_t.c.tag)) == 2
+        assert ca.add_tags_selected(tx, select(pairs_t.c.uid, pairs_t.c.tag)) == 0
+        assert ca.tags_of(tx, [u1, u2]) == {u1: {"kept", "new"}, u2: {"new"}}
+        assert cb.tags_of(tx, [other]) == {other: set()}
+        pairs_t.drop(tx)
+
+
 def test_stores_are_isolated(host, store_ids):
     a, b = store_ids(2)
     ca, cb = host.contacts(a), host.contacts(b)

@@ -83,4 +83,8 @@ def apply_groups(tx, writer: PageWriter, groups: list) -> dict[str, int]:
         writer.record_event(tx, "tag_collision", str(collision))
     counts["tag_collisions"] = len(collisions)
     writer.forget_groups()
+    # Members a stopped run stored untagged get their tags now; groups holding no
+    # members get theirs when this run's reading ends (PageWriter.apply_deferred_tags).
+    writer.apply_deferred_tags(tx)
+    writer.defer_tags_of_empty_groups(tx)
     return counts
