@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         for group_id, members in member_pages:
             with host.storage.transaction() as tx:
                 writer.write_members(tx, group_id, members)
-        # As a sync does when its reading ends: the groups held no members before.
-        for group_id in sorted(writer.deferred_groups(tx)):
+        # As a sync does when its reading ends (SyncRun._tag_deferred_groups): the
+        # groups held no members before, so their members are tagged group by group.
+        with host.storage.transaction(readonly=True) as tx:
+            deferred = sorted(writer.deferred_groups(tx))
+        for group_id in deferred:
             with host.storage.transaction() as tx:
                 writer.apply_deferred_tags(tx, [group_id])
         t["write memberships"] = time.perf_counter() - t0
