@@ -304,6 +304,9 @@ class SyncRun:
             to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]] + plan.to_fetch
             self.progress["groups_done"] = sum(1 for g in groups if g["checked_run"] == self.run_id)
             self.progress["groups_total"] = len(groups)
+            # Shown at once: the writer saves progress at most once a second, and a short
+            # daily run can end its reading before the first of those saves.
+            self._save_progress()
             self.sweep_quota = self._sweep_quota()
             # Large groups not due for a rescan: recent joins, then (while the run's count
             # budget lasts) profile_count, stalest first.
@@ -613,7 +616,11 @@ class SyncRun:
             label = "checking groups" if self.mode == "incremental" else "reading groups"
             message = f"{label}: {done} of {total}; profiles read: {profiles:,}"
             return {"phase": phase, "done": done, "total": total, "unit": "groups", "message": message}
-        message = {"groups": "reading lists and segments", "finishing": "checking deleted profiles"}.get(phase, phase)
+        message = {
+            "groups": "reading lists and segments",
+            "profiles_and_memberships": "reading profiles",  # an account without lists or segments
+            "finishing": "checking deleted profiles",
+        }.get(phase, phase)
         return {"phase": phase, "done": profiles or None, "total": None, "unit": "profiles", "message": message}
 
     def _save_progress(self) -> None:
