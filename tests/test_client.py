@@ -372,7 +372,11 @@ def test_profile_count_uses_its_own_stricter_budget(server):
     # (arrival times: allow a few ms of jitter against the 50 ms budget spacing)
     assert times[1] - times[0] >= 0.04 and times[2] - times[1] >= 0.04
     assert times[4] - times[3] >= 0.04
-    assert times[-1] - times[-5] < 0.04  # plain detail requests do not wait
+    # plain detail requests do not wait: their own budget never held one back, and four of
+    # them took less than four of the stricter budget's 50 ms gaps (a loaded machine's
+    # round trips take a few ms each)
+    assert budgets.get("/api/lists/{id}").waited == 0
+    assert times[-1] - times[-5] < 0.15
     assert budgets.get("/api/lists/{id}+profile_count").granted == 3
 
 
@@ -477,7 +481,9 @@ def _hammer(client, per_thread: int, threads: int = 8) -> float:
 def test_standin_burst_and_steady_windows_are_respected(account):
     """8 threads hammer a stand-in with small limits on a scaled clock: no 429, and
     the stand-in never sees more than the limit in any burst or steady window."""
-    scale = 20.0  # burst window 50 ms, steady window 3 s
+    # burst window 100 ms, steady window 6 s: the client's 25 ms of slack over the burst
+    # window outlasts a loaded machine's arrival jitter (12.5 ms at scale 20 was thin)
+    scale = 10.0
     limits = {"/api/profiles": (20, 80)}
     with StandInServer(account, rate_limits=limits, clock_scale=scale) as server:
         budgets = RateBudgets({"/api/profiles": Limit(20, 80)}, time_scale=scale)
@@ -494,7 +500,7 @@ def test_standin_burst_and_steady_windows_are_respected(account):
         assert max_in_aligned(times, 60.0 / scale, t0) <= 80
         # the margin is used, not wasted: 72 per steady window → 96 requests need a second one
         assert len({int((t - t0) // (60.0 / scale)) for t in times}) == 2
-    # (a span of 3 s straddling a boundary may hold more than 80: the budget follows the
+    # (a span of 6 s straddling a boundary may hold more than 80: the budget follows the
     # server's fixed windows, see test_standin_server_guided_budget_uses_the_window_boundary)
     assert elapsed < 2 * 60.0 / scale
 

@@ -22,6 +22,7 @@ from smartpush_devhost.engine import handle_message, task_id
 from smartpush_devhost.models import jobs_t, utcnow
 from smartpush_plugin_klaviyo.state import lease_t, run_t
 from tests.harness import CLOCK_SCALE, Harness, cli_environment, make_host
+from tests.test_lifecycle import _MEMBER_TEMPLATES
 
 CLAIM_SECONDS = 3
 
@@ -265,6 +266,11 @@ def test_cancel_integration_stops_the_running_job_and_nothing_runs_again(tmp_pat
                        latency=0.1, rate_limits=False) as server:
         env, host, h = _one_store(tmp_path, db_url, server, account, queue_url,
                                   SMARTPUSH_JOB_CLAIM_SECONDS=str(CLAIM_SECONDS))
+        # Hold the run open until it is cancelled (as test_lifecycle does): every membership
+        # page takes 2 s, so on a loaded machine the ~1 s sync cannot complete between the
+        # lease being seen and the uninstall.
+        for template in _MEMBER_TEMPLATES:
+            server.inject(template, kind="slow", delay=2.0, count=100_000)
         worker = _worker(env)
         try:
             deadline = time.monotonic() + 60
@@ -275,6 +281,7 @@ def test_cancel_integration_stops_the_running_job_and_nothing_runs_again(tmp_pat
                         break
                 time.sleep(0.02)
             h.call("uninstall")
+            server.clear_faults()
             assert _job(host, "shop") is None
             time.sleep(CLAIM_SECONDS * 2)  # past any follow-up: nothing may run again
         finally:

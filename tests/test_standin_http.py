@@ -356,7 +356,7 @@ def test_latency_does_not_serialize_requests(account):
             t.join()
         elapsed = time.perf_counter() - t0
         assert results == [200] * 20
-        assert 0.2 <= elapsed < 0.8  # serialized it would be >= 4 s
+        assert 0.2 <= elapsed < 2.0  # serialized it would be >= 4 s (a loaded machine adds a lot to 0.2)
 
 
 # ---------------------------------------------------------------------------- faults
