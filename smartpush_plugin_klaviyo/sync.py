@@ -196,8 +196,14 @@ class SyncRun:
         try:
             self._set_phase("groups")
             self._sync_groups()
+            groups = self.state.groups()
+            # Counted before the phase is saved, so its one progress record already reads
+            # "checking groups: 0 of N" (a short daily run may end its reading before the
+            # writer's first once-a-second save).
+            self.progress["groups_done"] = sum(1 for g in groups if g["checked_run"] == self.run_id)
+            self.progress["groups_total"] = len(groups)
             self._set_phase("profiles_and_memberships")
-            self._run_streams()
+            self._run_streams(groups)
             self._set_phase("finishing")
             self._tag_deferred_groups()
             if self.mode == "full":
@@ -291,9 +297,8 @@ class SyncRun:
                 self.counters.counts[key] = value
 
     # ------------------------------------------------------------ streams
-    def _run_streams(self) -> None:
+    def _run_streams(self, groups: list[dict]) -> None:
         streams = self.state.streams()
-        groups = self.state.groups()
         self.pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix=f"klaviyo-{self.store_id}")
         processes = self.options.map_processes
         self.decoder = ProfilePageDecoder(
@@ -302,11 +307,6 @@ class SyncRun:
         try:
             plan = self.checks.plan_run(groups, streams)
             to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]] + plan.to_fetch
-            self.progress["groups_done"] = sum(1 for g in groups if g["checked_run"] == self.run_id)
-            self.progress["groups_total"] = len(groups)
-            # Shown at once: the writer saves progress at most once a second, and a short
-            # daily run can end its reading before the first of those saves.
-            self._save_progress()
             self.sweep_quota = self._sweep_quota()
             # Large groups not due for a rescan: recent joins, then (while the run's count
             # budget lasts) profile_count, stalest first.

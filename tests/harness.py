@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from hookspecs import get_plugin_manager
 from smartpush_devhost.host import DevHost
 from smartpush_devhost.transfer import iter_export
+from smartpush_plugin_klaviyo.streams import MEMBER_PATHS
 
 CLOCK_SCALE = 20.0
+MEMBER_TEMPLATES = tuple(MEMBER_PATHS.values())
+"""The group member endpoints the plugin reads, as the stand-in's fault templates name them."""
 
 
 @dataclass

@@ -138,19 +138,27 @@ def test_progress_view_prints_plain_lines_with_counts_when_not_a_tty(capsys):
     from hookspecs.types import IntegrationState, IntegrationStatus, SyncProgress
     from smartpush_devhost.progress import ProgressView
 
-    states = iter(range(1, 1000))
+    polls = 0
 
     def poll():
-        n = next(states)
+        nonlocal polls
+        polls += 1
         return IntegrationStatus(
             integration="klaviyo", store_id="s", installed=True, state=IntegrationState.SYNCING,
-            progress=SyncProgress(phase="profiles_and_memberships", done=n * 100, total=5000, unit="profiles",
+            progress=SyncProgress(phase="profiles_and_memberships", done=polls * 100, total=5000, unit="profiles",
                                   updated_at=datetime.now(timezone.utc)))
 
+    t0 = time.monotonic()
     with ProgressView(poll, tty=False, interval=0.01, plain_every=0.05):
-        time.sleep(0.3)
+        # Ten polls span at least 90 ms (each waits 10 ms), so a second line is due, however
+        # slow the machine; then a few more throttle periods.
+        while polls < 10 and time.monotonic() < t0 + 10:
+            time.sleep(0.01)
+        time.sleep(0.2)
+    elapsed = time.monotonic() - t0
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert 2 <= len(lines) <= 10  # throttled, not one line per poll
+    # throttled: at most one line per 50 ms (one per poll would be up to 5 per 50 ms)
+    assert 2 <= len(lines) <= elapsed / 0.05 + 1, (len(lines), polls, elapsed)
     assert all("profiles_and_memberships:" in ln and "/5000 profiles" in ln for ln in lines)
 
 

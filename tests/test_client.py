@@ -228,8 +228,10 @@ def test_404_is_not_found(server):
 
 def test_connection_reset_and_timeout_are_retried(server):
     server.push(kind="reset")
-    server.push(kind="sleep", delay=0.6)
-    with fast_client(server, timeout=httpx.Timeout(0.3, connect=1.0)) as client:
+    # A read timeout of 1 s, not less: the good third answer must never time out too on a
+    # loaded machine (that would be a third retry).
+    server.push(kind="sleep", delay=1.6)
+    with fast_client(server, timeout=httpx.Timeout(1.0, connect=1.0)) as client:
         assert client.get("/api/profiles", {"page[size]": 3})["data"]
         assert client.stats["retries"] == 2
     assert len(server.requests) == 3
@@ -506,14 +508,15 @@ def test_standin_burst_and_steady_windows_are_respected(account):
 
 
 def test_standin_server_guided_budget_uses_the_window_boundary(account):
-    """Against the stand-in's fixed windows (clock at 30x: 2 s steady windows, Reset in
-    whole real seconds): start 1.2 s into a window, send 144 requests from 8 threads.
+    """Against the stand-in's fixed windows (clock at 15x: 4 s steady windows, Reset in
+    whole real seconds): start 2.4 s into a window, send 144 requests from 8 threads.
     The budget follows RateLimit-Remaining/Reset: no 429, no server window over its limit,
     yet 72 go out before the boundary and 72 right after it: 144 in well under one window
     length, where a sliding log (or any client blind to the alignment) allows 72.
-    (The burst limit is generous here: this test is about the steady window; at 30x a
-    burst window lasts 33 ms, less than the arrival jitter of a loaded machine.)"""
-    scale = 30.0
+    (The burst limit is generous here: this test is about the steady window; at 15x a
+    burst window lasts 67 ms, less than the arrival jitter of a loaded machine. The 1.6 s
+    left in the first window leave a loaded machine time for its 72 requests.)"""
+    scale = 15.0
     window = 60.0 / scale
     limits = {"/api/profiles": (100, 80)}
     with StandInServer(account, rate_limits=limits, clock_scale=scale) as server:
@@ -522,7 +525,7 @@ def test_standin_server_guided_budget_uses_the_window_boundary(account):
             pytest.skip("the stand-in does not expose its window alignment")
         budgets = RateBudgets({"/api/profiles": Limit(100, 80)}, time_scale=scale)
         budget = budgets.get("/api/profiles")
-        time.sleep((1.2 - (time.monotonic() - t0)) % window)  # 0.8 s left in this window
+        time.sleep((2.4 - (time.monotonic() - t0)) % window)  # 1.6 s left in this window
         with standin_client(server, budgets=budgets) as client:
             elapsed = _hammer(client, per_thread=18)
             assert client.stats["GET /api/profiles"] == 144
@@ -564,11 +567,13 @@ def test_standin_real_throttle_is_retried_after_retry_after(account):
     """Another integration of the account (no budget) exhausts the burst window; ours,
     sharing the key, gets a real 429 from the stand-in and retries after Retry-After."""
     with StandInServer(account, rate_limits={"/api/lists": (3, 100)}) as server:
-        with standin_client(server, budgets=RateBudgets(enabled=False), max_retries=0) as greedy:
+        # Both clients are built first: the stand-in's burst window is one real second, and
+        # ours must ask within the window the greedy one exhausted, however slow the machine.
+        with standin_client(server, budgets=RateBudgets(enabled=False), max_retries=0) as greedy, \
+                standin_client(server) as client:
             with pytest.raises(RateLimitedError):
                 for _ in range(10):
                     greedy.get("/api/lists")
-        with standin_client(server) as client:
             assert client.get("/api/lists")["data"]
             assert client.stats["429"] == 1 and client.stats["retries"] == 1
             assert client.budgets.get("/api/lists").penalties == 1

@@ -28,14 +28,13 @@ from hookspecs.interfaces import normalize_email_key
 from smartpush_devhost.models import contacts_t, tags_t
 from smartpush_plugin_klaviyo.state import group_t, integration_t, lease_t, profile_map_t, run_t, stream_t
 from tests import expectations as exp
-from tests.harness import CLOCK_SCALE, cli_environment
+from tests.harness import CLOCK_SCALE, MEMBER_TEMPLATES, cli_environment
 from tests.test_end_to_end_cli import export, smartpush
 
 pytestmark = pytest.mark.slow
 
 STORE = "default"
 LATENCY = 0.02
-MEMBER_TEMPLATES = ("/api/lists/{id}/relationships/profiles", "/api/segments/{id}/relationships/profiles")
 COUNT_TEMPLATES = ("/api/lists/{id}", "/api/segments/{id}")
 
 

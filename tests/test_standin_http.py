@@ -334,9 +334,12 @@ def test_rate_limit_windows(account, validate):
 
 def test_accounts_endpoint_uses_spec_limit(account):
     with StandInServer(account) as srv, httpx.Client(base_url=srv.base_url, headers=HEADERS) as c:
-        assert c.get("/api/accounts").status_code == 200
-        r = c.get("/api/accounts")  # burst 1/s
-        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        # Burst 1/s in fixed one-second windows: two requests may straddle a boundary, but
+        # of three sent within a second two share a window, and the second of those is refused.
+        responses = [c.get("/api/accounts") for _ in range(3)]
+        codes = [r.status_code for r in responses]
+        assert codes[0] == 200 and 429 in codes and codes.count(200) <= 2, codes
+        assert all(r.headers["Retry-After"] == "1" for r in responses if r.status_code == 429)
 
 
 # ---------------------------------------------------------------------------- latency
