@@ -14,7 +14,7 @@ import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 
 from tests import expectations as exp
-from tests.harness import CLOCK_SCALE, cli_environment
+from tests.harness import CLOCK_SCALE, MEMBER_TEMPLATES, cli_environment
 from tests.test_end_to_end_cli import export, smartpush
 
 
@@ -28,6 +28,14 @@ def slow_server(account):
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
                        latency=0.08) as srv:
         yield srv
+
+
+def _hold_open(server) -> None:
+    """Every membership page takes 2 s until ``server.clear_faults()``: the sync cannot
+    complete before the test's signal lands (a 1,500-profile sync takes ~1.2 s on a fast
+    machine, about as long as the command takes to start its helpers)."""
+    for template in MEMBER_TEMPLATES:
+        server.inject(template, kind="slow", delay=2.0, count=100_000)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -52,6 +60,7 @@ def test_a_signal_mid_sync_stops_cleanly_and_the_next_run_completes(tmp_path, db
            "KLAVIYO_MAP_PROCESSES_AFTER": "0"}
     smartpush(env, "install", "klaviyo")
     smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    _hold_open(slow_server)
     proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     helpers: set[int] = set()
@@ -67,6 +76,7 @@ def test_a_signal_mid_sync_stops_cleanly_and_the_next_run_completes(tmp_path, db
     assert proc.returncode == code, err
     assert "Traceback" not in err and "Traceback" not in out
     assert "stopped cleanly" in err
+    slow_server.clear_faults()
     time.sleep(0.2)
     assert not [pid for pid in helpers if _alive(pid)], "helper processes outlived the command"
     status = json.loads(smartpush(env, "status", "klaviyo", "--json").stdout)
@@ -89,6 +99,7 @@ def test_a_killed_sync_leaves_no_process_behind(tmp_path, db_url, slow_server):
            "KLAVIYO_MAP_PROCESSES_AFTER": "0"}
     smartpush(env, "install", "klaviyo")
     smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    _hold_open(slow_server)
     proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     helpers: set[int] = set()
@@ -98,6 +109,7 @@ def test_a_killed_sync_leaves_no_process_behind(tmp_path, db_url, slow_server):
         assert proc.poll() is None and time.monotonic() < deadline, "the sync ended before helpers started"
         helpers |= _descendants(proc.pid)
         time.sleep(0.02)
+    assert proc.poll() is None, "the sync finished before the kill"
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 10
@@ -171,6 +183,7 @@ def test_ctrl_c_in_the_scheduler_loop_during_a_first_sync_keeps_it_due_now(tmp_p
     env = cli_environment(tmp_path, db_url, slow_server)
     smartpush(env, "install", "klaviyo")
     smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
+    _hold_open(slow_server)
     proc = subprocess.Popen(["smartpush", "scheduler", "run", "--loop", "--interval", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     host = make_host(db_url, tmp_path, slow_server)
@@ -189,6 +202,7 @@ def test_ctrl_c_in_the_scheduler_loop_during_a_first_sync_keeps_it_due_now(tmp_p
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert host.context("default").scheduler.next_run("klaviyo") <= utcnow()
+    slow_server.clear_faults()
     done = json.loads(smartpush(env, "scheduler", "run", "--json").stdout.splitlines()[0])
     assert done["outcome"] == "completed"
     host.close()
