@@ -15,6 +15,14 @@ MEMBER_TEMPLATES = tuple(MEMBER_PATHS.values())
 """The group member endpoints the plugin reads, as the stand-in's fault templates name them."""
 
 
+def hold_member_pages(server, delay: float = 2.0) -> None:
+    """Every membership page the stand-in ``server`` serves takes ``delay`` seconds, until
+    ``server.clear_faults()``: a run cannot complete before the test stops it (a small sync
+    takes about a second on a fast machine, no longer than a stop takes to be sent)."""
+    for template in MEMBER_TEMPLATES:
+        server.inject(template, kind="slow", delay=delay, count=100_000)
+
+
 @dataclass
 class Harness:
     host: DevHost

@@ -14,7 +14,7 @@ import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 
 from tests import expectations as exp
-from tests.harness import CLOCK_SCALE, MEMBER_TEMPLATES, cli_environment
+from tests.harness import CLOCK_SCALE, cli_environment, hold_member_pages
 from tests.test_end_to_end_cli import export, smartpush
 
 
@@ -28,14 +28,6 @@ def slow_server(account):
     with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE,
                        latency=0.08) as srv:
         yield srv
-
-
-def _hold_open(server) -> None:
-    """Every membership page takes 2 s until ``server.clear_faults()``: the sync cannot
-    complete before the test's signal lands (a 1,500-profile sync takes ~1.2 s on a fast
-    machine, about as long as the command takes to start its helpers)."""
-    for template in MEMBER_TEMPLATES:
-        server.inject(template, kind="slow", delay=2.0, count=100_000)
 
 
 def _descendants(pid: int) -> set[int]:
@@ -60,7 +52,7 @@ def test_a_signal_mid_sync_stops_cleanly_and_the_next_run_completes(tmp_path, db
            "KLAVIYO_MAP_PROCESSES_AFTER": "0"}
     smartpush(env, "install", "klaviyo")
     smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
-    _hold_open(slow_server)
+    hold_member_pages(slow_server)  # the ~1.2 s sync is still running at the signal
     proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     helpers: set[int] = set()
@@ -99,7 +91,7 @@ def test_a_killed_sync_leaves_no_process_behind(tmp_path, db_url, slow_server):
            "KLAVIYO_MAP_PROCESSES_AFTER": "0"}
     smartpush(env, "install", "klaviyo")
     smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
-    _hold_open(slow_server)
+    hold_member_pages(slow_server)  # the ~1.2 s sync is still running at the signal
     proc = subprocess.Popen(["smartpush", "sync", "klaviyo", "--full"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     helpers: set[int] = set()
@@ -183,7 +175,7 @@ def test_ctrl_c_in_the_scheduler_loop_during_a_first_sync_keeps_it_due_now(tmp_p
     env = cli_environment(tmp_path, db_url, slow_server)
     smartpush(env, "install", "klaviyo")
     smartpush({**env, "KLAVIYO_API_KEY": DEFAULT_API_KEY}, "authorize", "klaviyo")
-    _hold_open(slow_server)
+    hold_member_pages(slow_server)  # the ~1.2 s sync is still running at the signal
     proc = subprocess.Popen(["smartpush", "scheduler", "run", "--loop", "--interval", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     host = make_host(db_url, tmp_path, slow_server)

@@ -21,7 +21,7 @@ from hookspecs.types import SyncReport
 from smartpush_devhost.engine import handle_message, task_id
 from smartpush_devhost.models import jobs_t, utcnow
 from smartpush_plugin_klaviyo.state import lease_t, run_t
-from tests.harness import CLOCK_SCALE, MEMBER_TEMPLATES, Harness, cli_environment, make_host
+from tests.harness import CLOCK_SCALE, Harness, cli_environment, hold_member_pages, make_host
 
 CLAIM_SECONDS = 3
 
@@ -268,8 +268,7 @@ def test_cancel_integration_stops_the_running_job_and_nothing_runs_again(tmp_pat
         # Hold the run open until it is cancelled (as test_lifecycle does): every membership
         # page takes 2 s, so on a loaded machine the ~1 s sync cannot complete between the
         # lease being seen and the uninstall.
-        for template in MEMBER_TEMPLATES:
-            server.inject(template, kind="slow", delay=2.0, count=100_000)
+        hold_member_pages(server)
         worker = _worker(env)
         try:
             deadline = time.monotonic() + 60

@@ -10,7 +10,7 @@ import pytest
 from klaviyo_standin import ALL_SCOPES, DEFAULT_API_KEY, StandInServer, generate_account
 
 from tests import expectations as exp
-from tests.harness import CLOCK_SCALE, MEMBER_TEMPLATES, Harness, make_host
+from tests.harness import CLOCK_SCALE, Harness, hold_member_pages, make_host
 
 OTHER_KEY = "pk_" + "b" * 34
 NO_SEGMENTS_KEY = "pk_" + "c" * 34
@@ -217,8 +217,7 @@ def test_cancel_integration_stops_a_running_sync_and_keeps_contacts(db_url, tmp_
         h.install_and_authorize(DEFAULT_API_KEY)
         # Hold the run open until it is cancelled: every membership page takes 2 s, so the run
         # cannot complete in the moment between its first contact and the uninstall.
-        for template in MEMBER_TEMPLATES:
-            server.inject(template, kind="slow", delay=2.0, count=100_000)
+        hold_member_pages(server)
         result = {}
         worker = threading.Thread(target=lambda: result.update(report=Harness(host=host, server=server, account=account).sync("full")))
         worker.start()
