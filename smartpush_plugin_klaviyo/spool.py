@@ -46,9 +46,11 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PageRead:
-    """One page of ``stream``. ``profiles``: the page of a profile stream (its profiles
-    mapped, or skipped with a reason:
-    :class:`~smartpush_plugin_klaviyo.profile_pages.ProfilePage`); ``member_ids``: the
+    """One page of ``stream``. ``profiles``: the page of a profile stream, its profiles
+    mapped (or skipped with a reason:
+    :class:`~smartpush_plugin_klaviyo.profile_pages.ProfilePage`) or still as Klaviyo sent
+    them, for the writer to decode and map
+    (:class:`~smartpush_plugin_klaviyo.profile_pages.RawProfilePage`); ``member_ids``: the
     Klaviyo ids of a membership page."""
 
     stream: dict
@@ -56,11 +58,8 @@ class PageRead:
     profiles: Any = None
     member_ids: list[str] | None = None
     last: str | None = None
-    """The sort value of the page's last profile (where a refused cursor restarts)."""
-
-    @property
-    def records(self) -> int:
-        return self.profiles.records if self.profiles is not None else len(self.member_ids or ())
+    """The sort value of the page's last profile (where a refused cursor restarts); for a
+    raw page the writer reads it when it decodes the page."""
 
 
 @dataclass(frozen=True, slots=True)

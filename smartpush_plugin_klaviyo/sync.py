@@ -38,10 +38,16 @@ from smartpush_plugin_klaviyo.errors import (
     LeaseLost,
     SyncCancelled,
     SyncStopped,
+    TransientError,
 )
 from smartpush_plugin_klaviyo.memory import HeapTrimmer
 from smartpush_plugin_klaviyo.pagination import any_of, paginate
-from smartpush_plugin_klaviyo.profile_pages import ProfilePageDecoder, default_processes
+from smartpush_plugin_klaviyo.profile_pages import (
+    ProfilePageDecoder,
+    RawProfilePage,
+    decode_profile_page,
+    raw_profile_page,
+)
 from smartpush_plugin_klaviyo.spool import (
     Barrier,
     GroupChecked,
@@ -111,13 +117,13 @@ class SyncOptions:
     changes that did not move ``updated`` arrive, within this many runs."""
     spool_memory_pages: int = 64
     """Pages held in memory between the fetchers and the writer (see :mod:`.spool`)."""
-    map_processes: int | None = None
-    """Helper processes that decode and map profile pages in a large run, so the writer
-    has the interpreter to itself; ``None``: one fewer than the CPUs, at most two; ``0``:
-    always in the fetch threads."""
+    map_processes: int = 0
+    """Helper processes that decode and map profile pages; ``0`` (the default): the writer
+    decodes and maps each page itself, the fetch threads only fetch (measured cheaper:
+    see :mod:`.profile_pages`)."""
     map_processes_after: int = 2_000
-    """Profiles decoded in the fetch threads before the helper processes start (a small
-    run never pays their start-up)."""
+    """With helper processes: profiles decoded in the fetch threads before they start (a
+    small run never pays their start-up)."""
     lease_owner: str = field(default_factory=lease.new_owner_id)
     lease_seconds: int = lease.DEFAULT_LEASE_SECONDS
     """How long the store's lease lasts unrenewed (renewed every third of it): a worker
@@ -172,6 +178,9 @@ class SyncRun:
         self.state = RunState(ctx.storage, ctx.store_id, options.lease_owner, on_lost=self._abort)
         self.pool: ThreadPoolExecutor | None = None
         self.decoder = ProfilePageDecoder(0)
+        self.delivered: dict[str, str] = {}
+        """Per profile window, the last ``updated`` the writer decoded (where a refused
+        cursor restarts when the fetch thread hands pages on undecoded)."""
         self.aborted: BaseException | None = None
         self.progress = {"groups_total": 0, "groups_done": 0}
         self._progress_at = 0.0
@@ -300,10 +309,7 @@ class SyncRun:
     def _run_streams(self, groups: list[dict]) -> None:
         streams = self.state.streams()
         self.pool = ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix=f"klaviyo-{self.store_id}")
-        processes = self.options.map_processes
-        self.decoder = ProfilePageDecoder(
-            default_processes() if processes is None else processes, start_after=self.options.map_processes_after
-        )
+        self.decoder = ProfilePageDecoder(self.options.map_processes, start_after=self.options.map_processes_after)
         try:
             plan = self.checks.plan_run(groups, streams)
             to_fetch = [s for s in streams if s["kind"] == "profiles" and not s["done"]] + plan.to_fetch
@@ -456,11 +462,27 @@ class SyncRun:
 
     def _apply_page(self, tx, page: PageRead) -> None:
         stream = page.stream
-        if page.profiles is not None:
-            self.writer.write_mapped(tx, page.profiles.mapped)
+        profiles, last = page.profiles, page.last
+        if isinstance(profiles, RawProfilePage):
+            # Decoded and mapped here, by the thread that writes it (see .profile_pages).
+            try:
+                profiles = decode_profile_page(profiles.content)
+            except ValueError:
+                # Not a collection after all: the run fails before this page's checkpoint
+                # moves, and the next run fetches the page again.
+                raise TransientError("a page of profiles is not a JSON:API collection",
+                                     endpoint=PROFILES_PATH) from None
+            if stream["key"].startswith("profiles:"):
+                last = profiles.last
+                if last:
+                    self.delivered[stream["key"]] = last
+        if profiles is not None:
+            self.writer.write_mapped(tx, profiles.mapped)
+            records = profiles.records
         else:
             self.writer.write_members(tx, stream["group_id"], page.member_ids)
-        self.state.advance(tx, stream["key"], page.next_url, page.records, page.last)
+            records = len(page.member_ids or ())
+        self.state.advance(tx, stream["key"], page.next_url, records, last)
 
     def _stream_done(self, tx, stream: dict, hi: str | None = None) -> None:
         # the sweep's portion ends at ``hi`` (None: the end of the account)
@@ -481,16 +503,21 @@ class SyncRun:
     def _fetch_stream(self, stream: dict) -> None:
         """Fetch one stream page by page from its checkpoint (fetcher thread)."""
         key = stream["key"]
-        # Profile pages are decoded and mapped by the decoder (maybe in a helper
-        # process), not by the writer: the writer is the one serial stage of the run.
-        decode = self.decoder if stream["kind"] == "profiles" else None
+        # Profile pages: the writer decodes and maps them (the fetch thread reads only
+        # ``links.next``), or helper processes do. The sweep decodes here: where its
+        # portion ends depends on the ``created`` of the profiles it read.
+        decode = None
+        if stream["kind"] == "profiles":
+            decode = self.decoder if key == "sweep" or self.decoder.processes else raw_profile_page
         last = {"value": stream["last_value"]}
 
         def restart() -> tuple[str, dict]:
-            # Klaviyo refused the saved cursor (they expire): from the last value delivered.
+            # Klaviyo refused the saved cursor (they expire): from the last value delivered
+            # (pages handed to the writer undecoded: the last it decoded; the pages after
+            # it are read again, and the writer dedupes by id).
             log.warning("store %s: stream %s cursor refused; restarting from its watermark", self.store_id, key)
             self.counters.counts["cursor_restarts"] += 1
-            return self._first_request(stream, last["value"])
+            return self._first_request(stream, self.delivered.get(key) or last["value"])
 
         start_url = stream["next_url"] if stream["started"] else None
         path, params = (None, None) if start_url else self._first_request(stream, last["value"])
@@ -499,7 +526,9 @@ class SyncRun:
         for page in paginate(self.client, path, params, start_url=start_url, restart=restart, decode=decode):
             if self.stop.is_set():
                 raise _Stop()
-            if decode is not None:
+            if isinstance(page, RawProfilePage):
+                message = PageRead(stream, page.next_url, profiles=page)
+            elif decode is not None:
                 # The sweep's position is the last ``created`` it mapped; a profile window
                 # restarts from the last ``updated`` read.
                 value = _last_created(page.mapped) if key == "sweep" else (page.last if key.startswith("profiles:") else None)

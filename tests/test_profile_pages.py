@@ -1,4 +1,4 @@
-"""Profile pages decoded and mapped in the fetch thread or in helper processes.
+"""Profile pages decoded and mapped by the writer, in the fetch thread or in helper processes.
 
 The helper processes are real (``multiprocessing`` forkserver); the end-to-end test
 syncs the same stand-in account into two databases, with and without helpers, and
@@ -18,9 +18,12 @@ from klaviyo_standin.resources import profile_resource
 
 from smartpush_plugin_klaviyo.mapping import map_profile
 from smartpush_plugin_klaviyo.profile_pages import (
+    ProfilePage,
     ProfilePageDecoder,
+    RawProfilePage,
     decode_profile_page,
     last_updated,
+    raw_profile_page,
 )
 from tests.harness import CLOCK_SCALE, Harness, make_host
 
@@ -52,6 +55,60 @@ def test_decode_profile_page_maps_every_resource(account):
     assert page.last == last_updated(data) == data[-1]["attributes"]["updated"]
     assert page.next_url == "http://x/api/profiles/?page%5Bcursor%5D=c"
     assert decode_profile_page(_page(account, 0, 3, next_url=None)).next_url is None
+
+
+def test_a_raw_page_reads_only_links_next_and_decodes_as_the_page_would(account):
+    body = _page(account, 0, 100)
+    raw = raw_profile_page(body)
+    assert isinstance(raw, RawProfilePage) and raw.content is body
+    assert raw.next_url == "http://x/api/profiles/?page%5Bcursor%5D=c"
+    assert decode_profile_page(raw.content) == decode_profile_page(body)
+    last = raw_profile_page(_page(account, 0, 3, next_url=None))
+    assert isinstance(last, RawProfilePage) and last.next_url is None
+    spaced = b'  {\n "data" : [ ] ,\n "links" : { "next" : "http://x/n" } \n}\n'
+    assert raw_profile_page(spaced) == RawProfilePage(spaced, "http://x/n")
+
+
+def _doc(account, **members) -> bytes:
+    data = [profile_resource("http://x", account.profile_ids()[0], account.profile_attributes(0))]
+    return orjson.dumps({"data": data, **members})
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["links first", "meta after links", "no top-level links", "links.next a number", "links a string",
+     "a property value spells the key"],
+)
+def test_a_page_not_shaped_data_then_links_is_decoded_whole(account, shape):
+    """Whatever the bytes, the raw reading never disagrees with decoding the whole page:
+    where ``links`` is not the document's last member it decodes the whole page (and a
+    broken one is still a ValueError, which the client retries)."""
+    links = {"self": "http://x/s", "next": "http://x/n"}
+    data = [profile_resource("http://x", account.profile_ids()[0], account.profile_attributes(0))]
+    body = {
+        "links first": lambda: orjson.dumps({"links": links, "data": data}),
+        "meta after links": lambda: _doc(account, links=links, meta={"links": 1}),
+        # each resource has its own links: the last "links" key is a resource's
+        "no top-level links": lambda: _doc(account),
+        "links.next a number": lambda: _doc(account, links={"next": 5}),
+        "links a string": lambda: _doc(account, links="next"),
+        "a property value spells the key": lambda: orjson.dumps(
+            {"data": [{**data[0], "attributes": {**data[0]["attributes"], "properties": {"k": '"links": {}}'}}}],
+             "links": links}),
+    }[shape]()
+    try:
+        expected = decode_profile_page(body)
+    except ValueError:
+        with pytest.raises(ValueError):
+            raw_profile_page(body)
+        return
+    got = raw_profile_page(body)
+    if isinstance(got, RawProfilePage):
+        assert shape == "a property value spells the key"  # links is last: read raw, exactly
+        assert got.next_url == expected.next_url == "http://x/n"
+        assert decode_profile_page(got.content) == expected
+    else:
+        assert isinstance(got, ProfilePage) and got == expected
 
 
 @pytest.mark.parametrize(

@@ -89,4 +89,4 @@ def test_a_profile_page_travels_whole(profile_page_body):
     spool = Spool(memory_pages=1)
     spool.put(PageRead({"key": "profiles:00", "kind": "profiles"}, page.next_url, profiles=page, last=page.last))
     got = spool.get_nowait()
-    assert got.profiles is page and got.records == 100 and got.last == page.last
+    assert got.profiles is page and got.profiles.records == 100 and got.last == page.last
