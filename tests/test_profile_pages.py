@@ -25,6 +25,7 @@ from smartpush_plugin_klaviyo.profile_pages import (
     last_updated,
     raw_profile_page,
 )
+from tests import expectations as exp
 from tests.harness import CLOCK_SCALE, Harness, make_host
 
 
@@ -223,3 +224,27 @@ def test_one_unreadable_profile_spoils_only_itself():
     assert isinstance(decoded.mapped[1], Skip) and "nested" in decoded.mapped[1].reason
     assert decoded.mapped[0].properties["kla_s"] == 'x]}{,"q'
     assert decoded.next_url == "http://h/x?page%5Bcursor%5D=c"
+
+
+def test_a_raw_page_the_writer_cannot_read_fails_the_run_and_the_next_run_reads_it_again(tmp_path, db_url):
+    """A page shaped like a collection at both ends (so the fetch thread hands it on raw)
+    but broken inside, beyond skipping one resource: the writer fails the run before the
+    page's checkpoint moves; nothing of it is lost, the next run reads it again."""
+    account = generate_account(profiles=1500, seed=5)
+    with StandInServer(account, api_keys={DEFAULT_API_KEY: ALL_SCOPES}, clock_scale=CLOCK_SCALE) as server:
+        h = Harness(host=make_host(db_url, tmp_path, server), server=server, account=account)
+        h.install_and_authorize(DEFAULT_API_KEY)
+        broken = b'{"data":[{]}],"links":{"self":"x","next":null}}'
+        assert isinstance(raw_profile_page(broken), RawProfilePage)
+        server.inject("/api/profiles", status=200, body=broken, cursor_only=True)
+        first = h.sync("full")
+        assert first.outcome == "failed" and "not a JSON:API collection" in first.message
+        assert server.faults.pending == 0
+        report = h.sync("full")
+        assert report.outcome == "completed", report.message
+        assert report.resumed
+        kids = [k for c in h.export() for k in c["klaviyo_ids"]]
+        assert len(kids) == len(set(kids))
+        imported = {p["id"] for p in account.iter_profiles() if exp.valid_email(p["attributes"].get("email"))}
+        assert imported <= set(kids)
+        h.host.close()
