@@ -29,11 +29,10 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from smartpush_plugin_klaviyo import processes
 import orjson
 
+from smartpush_plugin_klaviyo import processes
 from smartpush_plugin_klaviyo.jsondecode import loads, resource_id, split_collection
-
 from smartpush_plugin_klaviyo.mapping import MappedProfile, Skip, map_profile
 
 log = logging.getLogger(__name__)
