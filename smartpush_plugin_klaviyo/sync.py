@@ -141,6 +141,15 @@ def _last_created(mapped: list) -> str | None:
     return None
 
 
+def _restart_value(key: str, page) -> str | None:
+    """Where stream ``key`` restarts after a refused cursor, once its decoded ``page`` was
+    delivered: the sweep from the last ``created`` it mapped, a profile window from the last
+    ``updated`` read, any other read from its first page (``None``)."""
+    if key == "sweep":
+        return _last_created(page.mapped)
+    return page.last if key.startswith("profiles:") else None
+
+
 def _interleave(streams: list[dict]) -> list[dict]:
     """Round-robin over endpoint families (profiles, list members, segment members)."""
     families: dict[str, list[dict]] = {}
@@ -472,10 +481,9 @@ class SyncRun:
                 # moves, and the next run fetches the page again.
                 raise TransientError("a page of profiles is not a JSON:API collection",
                                      endpoint=PROFILES_PATH) from None
-            if stream["key"].startswith("profiles:"):
-                last = profiles.last
-                if last:
-                    self.delivered[stream["key"]] = last
+            last = _restart_value(stream["key"], profiles)
+            if last:
+                self.delivered[stream["key"]] = last
         if profiles is not None:
             self.writer.write_mapped(tx, profiles.mapped)
             records = profiles.records
@@ -529,9 +537,7 @@ class SyncRun:
             if isinstance(page, RawProfilePage):
                 message = PageRead(stream, page.next_url, profiles=page)
             elif decode is not None:
-                # The sweep's position is the last ``created`` it mapped; a profile window
-                # restarts from the last ``updated`` read.
-                value = _last_created(page.mapped) if key == "sweep" else (page.last if key.startswith("profiles:") else None)
+                value = _restart_value(key, page)
                 if value:
                     last["value"] = value
                 message = PageRead(stream, page.next_url, profiles=page, last=value)
