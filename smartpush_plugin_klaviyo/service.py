@@ -142,10 +142,10 @@ _INT_SETTINGS = (  # host setting, SyncOptions field, smallest value allowed
 
 def options_from_settings(settings) -> SyncOptions:
     """Default options, with the host's ``KLAVIYO_MAP_PROCESSES`` (helper processes for
-    profile pages; ``0``, the default: none, the writer decodes them), ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they
-    start), ``KLAVIYO_MEMBERS_PER_SLICE`` and ``KLAVIYO_RESCAN_EVERY_RUNS`` (membership
-    scans, see :class:`SyncOptions`), ``KLAVIYO_LEASE_SECONDS`` (the store's lease, at
-    least 3) when set."""
+    profile pages; ``0``, the default: none, the writer decodes them),
+    ``KLAVIYO_MAP_PROCESSES_AFTER`` (profiles before they start), ``KLAVIYO_MEMBERS_PER_SLICE``
+    and ``KLAVIYO_RESCAN_EVERY_RUNS`` (membership scans, see :class:`SyncOptions`),
+    ``KLAVIYO_LEASE_SECONDS`` (the store's lease, at least 3) when set."""
     options = SyncOptions()
     for name, attr, least in _INT_SETTINGS:
         value = settings.get(name)
